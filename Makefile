@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Both build .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO := proto/patternstore/v1/patternstore.proto
+
+.PHONY: run test lint typecheck proto bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.run-installed
+
+## Start the server on the embedded default (SQLite under ./data).
+run: $(VENV)/.run-installed
+	$(BIN)/patternstore-server
+
+## Lint, type-check and run the whole test suite.
+test: $(VENV)/.test-installed lint typecheck
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check server client tests loadtest
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy --strict server/patternstore_server client/patternstore
+
+## Regenerate the committed stubs from the .proto (a test fails when they are stale).
+proto: $(VENV)/.test-installed
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client \
+		--grpc_python_out=client $(PROTO)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

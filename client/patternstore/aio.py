@@ -1,0 +1,184 @@
+"""The asyncio client: the same methods as PatternStoreClient, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from . import _requests as r
+from .v1 import patternstore_pb2 as pb
+
+__all__ = ["AsyncPatternStoreClient"]
+
+_R = TypeVar("_R", bound=Message)
+
+
+class AsyncPatternStoreClient:
+    """See PatternStoreClient: same retry rules, same errors (``grpc.aio.AioRpcError``)."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 10.0,
+        retry: r.RetryPolicy | None = None,
+        channel: grpc.aio.Channel | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target, options=r.CHANNEL_OPTIONS)
+        self.timeout = timeout
+        self.retry = retry or r.RetryPolicy()
+        self._metadata = tuple(metadata)
+        self._unary = {
+            name: self._channel.unary_unary(
+                f"/{r.SERVICE}/{name}",
+                request_serializer=req.SerializeToString,
+                response_deserializer=resp.FromString,
+            )
+            for name, (req, resp) in r.METHODS.items()
+        }
+        req, resp = r.STREAMS["RecordOutcomes"]
+        self._record = self._channel.stream_unary(
+            f"/{r.SERVICE}/RecordOutcomes",
+            request_serializer=req.SerializeToString,
+            response_deserializer=resp.FromString,
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncPatternStoreClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Message, response: type[_R], safe: bool) -> _R:
+        call = self._unary[method]
+        delays = iter(self.retry.delays()) if safe else iter(())
+        while True:
+            try:
+                reply: Any = await call(request, timeout=self.timeout, metadata=self._metadata)
+                assert isinstance(reply, response)
+                return reply
+            except grpc.RpcError as exc:
+                delay = next(delays, None)
+                if delay is None or not r.RetryPolicy.retryable(exc):
+                    raise
+                await asyncio.sleep(delay)
+
+    async def get_pattern(self, id: str) -> pb.Pattern:
+        return await self._call("GetPattern", pb.GetPatternRequest(id=id), pb.Pattern, True)
+
+    async def get_patterns(self, ids: Iterable[str]) -> pb.GetPatternsResponse:
+        req = pb.GetPatternsRequest(ids=list(ids))
+        return await self._call("GetPatterns", req, pb.GetPatternsResponse, True)
+
+    async def query_patterns(
+        self,
+        type: str = "",
+        *,
+        min_confidence: float = 0.0,
+        order_by: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+        limit: int = 0,
+        page_token: str = "",
+        consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+    ) -> pb.QueryPatternsResponse:
+        req = r.query_request(
+            type, min_confidence=min_confidence, order=order_by, limit=limit,
+            page_token=page_token, consistency=consistency,
+        )
+        return await self._call("QueryPatterns", req, pb.QueryPatternsResponse, True)
+
+    async def flush(self) -> pb.FlushResponse:
+        return await self._call("Flush", pb.FlushRequest(), pb.FlushResponse, True)
+
+    async def get_stats(self) -> pb.Stats:
+        return await self._call("GetStats", pb.GetStatsRequest(), pb.Stats, True)
+
+    async def store_pattern(
+        self,
+        pattern: pb.Pattern,
+        *,
+        expected_version: int = 0,
+        create_only: bool = False,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.StorePatternResponse:
+        req = r.store_request(
+            pattern, expected_version=expected_version, create_only=create_only,
+            durability=durability,
+        )
+        return await self._call("StorePattern", req, pb.StorePatternResponse, expected_version != 0)
+
+    async def store_patterns(
+        self,
+        requests: Iterable[pb.StorePatternRequest | pb.Pattern],
+        *,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.StorePatternsResponse:
+        items = [x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests]
+        req = pb.StorePatternsRequest(requests=items, durability=durability)
+        safe = all(x.expected_version for x in items)
+        return await self._call("StorePatterns", req, pb.StorePatternsResponse, safe)
+
+    async def delete_pattern(
+        self,
+        id: str,
+        *,
+        expected_version: int = 0,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.DeletePatternResponse:
+        req = pb.DeletePatternRequest(id=id, expected_version=expected_version, durability=durability)
+        return await self._call("DeletePattern", req, pb.DeletePatternResponse, expected_version != 0)
+
+    async def update_confidence(
+        self,
+        id: str,
+        outcome: pb.Outcome.ValueType | str,
+        *,
+        weight: float = 0.0,
+        observed_at: dt.datetime | float | Timestamp | None = None,
+        request_id: str = "",
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.UpdateConfidenceResponse:
+        req = r.update_request(
+            id, outcome, weight=weight, observed_at=observed_at, request_id=request_id,
+            durability=durability,
+        )
+        return await self._call(
+            "UpdateConfidence", req, pb.UpdateConfidenceResponse, bool(request_id)
+        )
+
+    async def update_confidence_batch(
+        self,
+        updates: Iterable[pb.UpdateConfidenceRequest],
+        *,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.UpdateConfidenceBatchResponse:
+        req = pb.UpdateConfidenceBatchRequest(updates=list(updates), durability=durability)
+        safe = all(u.request_id for u in req.updates)
+        return await self._call(
+            "UpdateConfidenceBatch", req, pb.UpdateConfidenceBatchResponse, safe
+        )
+
+    async def record_outcomes(
+        self,
+        updates: AsyncIterable[pb.UpdateConfidenceRequest] | Iterable[pb.UpdateConfidenceRequest],
+        *,
+        timeout: float | None = None,
+    ) -> pb.RecordOutcomesResponse:
+        """Stream outcomes; everything accepted is durable when this returns. Not retried."""
+        reply: Any = await self._record(
+            updates, timeout=timeout or self.timeout, metadata=self._metadata
+        )
+        assert isinstance(reply, pb.RecordOutcomesResponse)
+        return reply

@@ -1,0 +1,208 @@
+"""The synchronous client learning workers use."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from . import _requests as r
+from .v1 import patternstore_pb2 as pb
+
+__all__ = ["PatternStoreClient"]
+
+_R = TypeVar("_R", bound=Message)
+
+
+class PatternStoreClient:
+    """A connection to a patternstore server.
+
+    Errors arrive as ``grpc.RpcError`` (``.code()``, ``.details()``). Calls that are safe
+    to repeat (reads, stores with ``expected_version``, updates with ``request_id``) are
+    retried with exponential backoff when the server is UNAVAILABLE; others are not,
+    since the first attempt may have been applied.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 10.0,
+        retry: r.RetryPolicy | None = None,
+        channel: grpc.Channel | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._channel = channel or grpc.insecure_channel(target, options=r.CHANNEL_OPTIONS)
+        self.timeout = timeout
+        self.retry = retry or r.RetryPolicy()
+        self._metadata = tuple(metadata)
+        self._unary = {
+            name: self._channel.unary_unary(
+                f"/{r.SERVICE}/{name}",
+                request_serializer=req.SerializeToString,
+                response_deserializer=resp.FromString,
+            )
+            for name, (req, resp) in r.METHODS.items()
+        }
+        req, resp = r.STREAMS["RecordOutcomes"]
+        self._record = self._channel.stream_unary(
+            f"/{r.SERVICE}/RecordOutcomes",
+            request_serializer=req.SerializeToString,
+            response_deserializer=resp.FromString,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PatternStoreClient:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Message, response: type[_R], safe: bool) -> _R:
+        call = self._unary[method]
+        delays = iter(self.retry.delays()) if safe else iter(())
+        while True:
+            try:
+                reply: Any = call(request, timeout=self.timeout, metadata=self._metadata)
+                assert isinstance(reply, response)
+                return reply
+            except grpc.RpcError as exc:
+                delay = next(delays, None)
+                if delay is None or not r.RetryPolicy.retryable(exc):
+                    raise
+                time.sleep(delay)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_pattern(self, id: str) -> pb.Pattern:
+        return self._call("GetPattern", pb.GetPatternRequest(id=id), pb.Pattern, True)
+
+    def get_patterns(self, ids: Iterable[str]) -> pb.GetPatternsResponse:
+        req = pb.GetPatternsRequest(ids=list(ids))
+        return self._call("GetPatterns", req, pb.GetPatternsResponse, True)
+
+    def query_patterns(
+        self,
+        type: str = "",
+        *,
+        min_confidence: float = 0.0,
+        order_by: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+        limit: int = 0,
+        page_token: str = "",
+        consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+    ) -> pb.QueryPatternsResponse:
+        req = r.query_request(
+            type, min_confidence=min_confidence, order=order_by, limit=limit,
+            page_token=page_token, consistency=consistency,
+        )
+        return self._call("QueryPatterns", req, pb.QueryPatternsResponse, True)
+
+    def iter_patterns(
+        self,
+        type: str = "",
+        *,
+        min_confidence: float = 0.0,
+        order_by: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+        page_size: int = 1000,
+        consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+    ) -> Iterator[pb.Pattern]:
+        """Every matching pattern, page by page."""
+        token = ""
+        while True:
+            page = self.query_patterns(
+                type, min_confidence=min_confidence, order_by=order_by, limit=page_size,
+                page_token=token, consistency=consistency,
+            )
+            yield from page.patterns
+            token = page.next_page_token
+            if not token:
+                return
+
+    def flush(self) -> pb.FlushResponse:
+        return self._call("Flush", pb.FlushRequest(), pb.FlushResponse, True)
+
+    def get_stats(self) -> pb.Stats:
+        return self._call("GetStats", pb.GetStatsRequest(), pb.Stats, True)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def store_pattern(
+        self,
+        pattern: pb.Pattern,
+        *,
+        expected_version: int = 0,
+        create_only: bool = False,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.StorePatternResponse:
+        req = r.store_request(
+            pattern, expected_version=expected_version, create_only=create_only,
+            durability=durability,
+        )
+        return self._call("StorePattern", req, pb.StorePatternResponse, expected_version != 0)
+
+    def store_patterns(
+        self,
+        requests: Iterable[pb.StorePatternRequest | pb.Pattern],
+        *,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.StorePatternsResponse:
+        items = [x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests]
+        req = pb.StorePatternsRequest(requests=items, durability=durability)
+        safe = all(x.expected_version for x in items)
+        return self._call("StorePatterns", req, pb.StorePatternsResponse, safe)
+
+    def delete_pattern(
+        self,
+        id: str,
+        *,
+        expected_version: int = 0,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.DeletePatternResponse:
+        req = pb.DeletePatternRequest(id=id, expected_version=expected_version, durability=durability)
+        return self._call("DeletePattern", req, pb.DeletePatternResponse, expected_version != 0)
+
+    def update_confidence(
+        self,
+        id: str,
+        outcome: pb.Outcome.ValueType | str,
+        *,
+        weight: float = 0.0,
+        observed_at: dt.datetime | float | Timestamp | None = None,
+        request_id: str = "",
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.UpdateConfidenceResponse:
+        req = r.update_request(
+            id, outcome, weight=weight, observed_at=observed_at, request_id=request_id,
+            durability=durability,
+        )
+        return self._call("UpdateConfidence", req, pb.UpdateConfidenceResponse, bool(request_id))
+
+    def update_confidence_batch(
+        self,
+        updates: Iterable[pb.UpdateConfidenceRequest],
+        *,
+        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    ) -> pb.UpdateConfidenceBatchResponse:
+        req = pb.UpdateConfidenceBatchRequest(updates=list(updates), durability=durability)
+        safe = all(u.request_id for u in req.updates)
+        return self._call("UpdateConfidenceBatch", req, pb.UpdateConfidenceBatchResponse, safe)
+
+    def record_outcomes(
+        self, updates: Iterable[pb.UpdateConfidenceRequest], *, timeout: float | None = None
+    ) -> pb.RecordOutcomesResponse:
+        """Stream outcomes; everything accepted is durable when this returns. Not retried."""
+        reply: Any = self._record(
+            iter(updates), timeout=timeout or self.timeout, metadata=self._metadata
+        )
+        assert isinstance(reply, pb.RecordOutcomesResponse)
+        return reply

@@ -1,0 +1,137 @@
+"""The one settings table.
+
+Every setting has a name, a default and a help line. Each is a command-line flag
+(``--name-with-dashes``) and an environment variable (``PATTERNSTORE_NAME_IN_CAPS``);
+the flag wins over the environment, the environment over the default. Settings are
+read once, here, into a frozen :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+__all__ = ["SETTINGS", "Setting", "Settings", "build_parser", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+_T = TypeVar("_T")
+
+
+def _setting(default: _T, help: str, choices: tuple[str, ...] | None = None) -> _T:
+    return field(default=default, metadata={"help": help, "choices": choices})  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's settings: this class is the table (name, default, help)."""
+
+    listen: str = _setting("127.0.0.1:50051", "gRPC address host:port; port 0 binds a free port")
+    metrics_listen: str = _setting(
+        "127.0.0.1:9464",
+        "Prometheus /metrics address host:port; port 0 binds a free port, empty disables it")
+    data_dir: str = _setting("./data", "directory of the database; the file is data_dir/patterns.db")
+    max_batch: int = _setting(1000, "a group commit closes at this many queued writes")
+    max_delay_ms: float = _setting(2.0, "... or this long after its first write, whichever first")
+    queue_max: int = _setting(
+        100_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED")
+    synchronous: str = _setting(
+        "NORMAL",
+        "SQLite synchronous: NORMAL survives a process crash (kill -9), FULL also a power loss",
+        ("NORMAL", "FULL"))
+    busy_timeout_ms: int = _setting(5000, "SQLite busy timeout of every connection")
+    wal_autocheckpoint_pages: int = _setting(
+        4000, "the writer checkpoints (PASSIVE) once the WAL holds this many pages")
+    prior_alpha: float = _setting(1.0, "Beta prior alpha of a new pattern")
+    prior_beta: float = _setting(1.0, "Beta prior beta of a new pattern")
+    decay_factor: float = _setting(0.95, "evidence is multiplied by this once per decay period")
+    decay_period_s: float = _setting(2_592_000.0, "decay period in seconds (30 days)")
+    confidence_model: str = _setting(
+        "beta", "beta: Bayesian Beta posterior mean; ema: the original system's moving average",
+        ("beta", "ema"))
+    learning_rate: float = _setting(0.1, "EMA step per unit weight (confidence_model=ema)")
+    dedup_window: int = _setting(
+        100_000, "outcome request_ids remembered (and persisted) to answer retries unapplied")
+    l1_policy: str = _setting(
+        "lru", "L1 eviction policy: adaptive (W-TinyLFU), lru or lfu", ("adaptive", "lru", "lfu"))
+    l1_max_entries: int = _setting(100_000, "L1 cache capacity in patterns")
+    l1_max_bytes: int = _setting(256 * 1024 * 1024, "L1 cache capacity in serialised bytes")
+    query_threads: int = _setting(2, "threads that run QueryPatterns against SQLite")
+    grace_s: float = _setting(10.0, "on SIGTERM, how long in-flight calls get to finish")
+    log_level: str = _setting("INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.default, f.metadata["help"], f.metadata["choices"])
+    for f in fields(Settings)
+)
+
+
+def _parse(setting: Setting, raw: str) -> Any:
+    kind: Callable[[str], Any] = type(setting.default)
+    value = kind(raw)
+    if setting.choices is not None:
+        value = str(value)
+        upper = {c.upper(): c for c in setting.choices}
+        if value.upper() not in upper:
+            raise ValueError(f"{setting.name} must be one of {', '.join(setting.choices)}")
+        value = upper[value.upper()]
+    return value
+
+
+def env_name(name: str) -> str:
+    return "PATTERNSTORE_" + name.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patternstore-server",
+        description="patternstore gRPC server. Every flag is also an environment variable "
+        "PATTERNSTORE_<NAME>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for s in SETTINGS:
+        parser.add_argument(
+            "--" + s.name.replace("_", "-"),
+            dest=s.name,
+            default=None,
+            metavar=s.name.upper(),
+            help=f"{s.help} [env {env_name(s.name)}; default {s.default!r}]",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from flags, then environment, then defaults; overrides win over all.
+
+    Raises ValueError naming the setting when a value does not parse.
+    """
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args(list(argv or [])))
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = flags.get(s.name)
+        if raw is None:
+            raw = environ.get(env_name(s.name))
+        if raw is None:
+            continue
+        try:
+            values[s.name] = _parse(s, raw)
+        except ValueError as exc:
+            raise ValueError(f"setting {s.name}: cannot use {raw!r}: {exc}") from None
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,542 @@
+"""The acceptor: decides every write, serves every point read.
+
+It runs on the event loop's thread only, so the decisions a write needs (does the
+pattern exist, which version, what confidence follows) are made one at a time, in
+sequence order, without locks. Accepted-but-uncommitted state lives in ``_pending``
+(id -> newest state, or None for a delete) until the group committer reports it
+durable; reads look there before the L1 cache and SQLite, so a reply never shows a
+state older than one already acknowledged. See DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import apsw
+from patternstore.v1 import patternstore_pb2 as pb
+
+from . import validate
+from .cache.base import Cache
+from .confidence import ModelParams, apply_outcome, prior
+from .config import Settings
+from .errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+    PatternStoreError,
+    ShuttingDown,
+    StorageError,
+    VersionConflict,
+    storage_errors,
+)
+from .flusher import Delete, GroupCommitter, Learn, Op, Put
+from .model import evidence_of, learned_row, pattern_row, row_to_pattern, set_evidence
+from .storage import ConnectionPool
+from .storage import queries as q
+
+__all__ = ["Engine", "OutcomeResult", "StoreResult"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]  # wall-clock nanoseconds since the epoch
+
+_SCORES = {
+    pb.OUTCOME_SUCCESS: 1.0,
+    pb.OUTCOME_FAILURE: 0.0,
+    pb.OUTCOME_PARTIAL: 0.5,
+}
+_MAX_FUTURE_NS = 300 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    id: str
+    version: int
+    sequence: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeResult:
+    confidence: float
+    sequence: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    """What an outcome with a request_id answered, for its retries."""
+
+    pattern_id: str
+    sequence: int
+    confidence: float
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ConnectionPool,
+        l1: Cache,
+        clock: Clock = time.time_ns,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._l1 = l1
+        self._clock = clock
+        self._params = ModelParams(
+            prior_alpha=settings.prior_alpha,
+            prior_beta=settings.prior_beta,
+            decay_factor=settings.decay_factor,
+            decay_period_s=settings.decay_period_s,
+            model=settings.confidence_model,
+            learning_rate=settings.learning_rate,
+        )
+        self._queue_max = settings.queue_max
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # id -> (sequence of its newest accepted write, state or None when deleted).
+        self._pending: dict[str, tuple[int, pb.Pattern | None]] = {}
+        self._pending_ops = 0
+        self._pending_patterns = 0
+        self._pending_updates = 0
+        # (sequence, future) in sequence order: resolved once that sequence is durable.
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+        self._accepting = True
+        self._failure: BaseException | None = None
+        self.started_monotonic = time.monotonic()
+
+        writer = pool.writer()
+        with storage_errors("reading the sequence bookkeeping"):
+            durable = _meta(writer, "durable_sequence")
+            reserved = _meta(writer, "sequence_reserved")
+            self.durable_sequence = durable
+            self.last_sequence = max(durable, reserved)
+            # Reserve this run's sequences before handing any out: a crash before the first
+            # commit must not let the next run reuse them.
+            with writer:
+                writer.execute(q.META_SET, ("sequence_reserved", self.last_sequence + self._queue_max))
+            for rid, pid, seq, conf in reversed(
+                list(writer.execute(q.LOAD_OUTCOME_REQUESTS, (settings.dedup_window,)))
+            ):
+                self._remembered[rid] = _Remembered(pid, seq, conf)
+        self._committer = GroupCommitter(
+            writer,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_ms / 1000.0,
+            reserve_gap=self._queue_max,
+            dedup_window=settings.dedup_window,
+            on_commit=self._committed_from_writer,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._committer.start()
+
+    @property
+    def committer(self) -> GroupCommitter:
+        return self._committer
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, commit everything queued, checkpoint. Blocks; safe twice."""
+        self._accepting = False
+        self._committer.close(timeout)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get_serialized(self, pid: str) -> bytes | None:
+        """The serialised Pattern for ``pid``, or None when it does not exist."""
+        data = self._l1.get(pid)
+        if data is not None:
+            return data
+        pending = self._pending.get(pid)
+        if pending is not None:
+            state = pending[1]
+            if state is None:
+                return None
+            data = state.SerializeToString()
+        else:
+            with storage_errors(f"reading pattern {pid!r}"):
+                row = self._pool.reader().execute(q.SELECT_PATTERN, (pid,)).fetchone()
+            if row is None:
+                return None
+            data = row_to_pattern(row).SerializeToString()
+        self._l1[pid] = data
+        return data
+
+    def get_many_serialized(self, ids: Sequence[str]) -> list[bytes | None]:
+        """Like get_serialized for each id, with one SQLite statement for all misses."""
+        found: list[bytes | None] = [None] * len(ids)
+        misses: dict[str, list[int]] = {}
+        for i, pid in enumerate(ids):
+            data = self._l1.get(pid)
+            if data is None:
+                pending = self._pending.get(pid)
+                if pending is not None:
+                    if pending[1] is not None:
+                        data = pending[1].SerializeToString()
+                        self._l1[pid] = data
+                else:
+                    misses.setdefault(pid, []).append(i)
+                    continue
+            found[i] = data
+        if misses:
+            keys = list(misses)
+            sql = q.SELECT_PATTERNS_IN.format(",".join("?" * len(keys)))
+            with storage_errors("reading patterns"):
+                rows = list(self._pool.reader().execute(sql, keys))
+            for row in rows:
+                data = row_to_pattern(row).SerializeToString()
+                self._l1[row[0]] = data
+                for i in misses[row[0]]:
+                    found[i] = data
+        return found
+
+    def _current(self, pid: str) -> pb.Pattern | None:
+        """The newest accepted state of ``pid``, as a message this write may modify."""
+        pending = self._pending.get(pid)
+        if pending is not None:
+            # Only the acceptor holds pending messages (queued ops carry row snapshots),
+            # so the newest state can be modified in place.
+            return pending[1]
+        data = self._l1.get(pid)
+        if data is not None:
+            return pb.Pattern.FromString(data)
+        with storage_errors(f"reading pattern {pid!r}"):
+            row = self._pool.reader().execute(q.SELECT_PATTERN, (pid,)).fetchone()
+        return None if row is None else row_to_pattern(row)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _admit(self, n_ops: int) -> None:
+        if self._failure is not None:
+            raise ShuttingDown(
+                f"writes are refused since a commit failed ({self._failure}); restart the server"
+            )
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down; retry on another instance or later")
+        if self._pending_ops + n_ops > self._queue_max:
+            raise Overloaded(
+                f"write queue full ({self._pending_ops} of {self._queue_max} queued writes "
+                f"not yet committed); back off and retry, or call Flush"
+            )
+
+    def _next_sequence(self) -> int:
+        self.last_sequence += 1
+        return self.last_sequence
+
+    def _prepare_store(self, req: pb.StorePatternRequest, field: str, now: int) -> pb.Pattern:
+        """Check one store against the newest state and return the state it produces."""
+        p = req.pattern
+        if not p.id:
+            p.id = uuid.uuid4().hex
+        validate.check_id(p.id, f"{field}.id")
+        validate.check_pattern(p, field)
+        current = self._current(p.id)
+        if current is not None and req.create_only:
+            raise AlreadyExists(f"pattern {p.id!r} exists (version {current.version}) and create_only is set")
+        have = 0 if current is None else current.version
+        if req.expected_version and req.expected_version != have:
+            raise VersionConflict(
+                f"pattern {p.id!r} is at version {have}, not the expected {req.expected_version}; "
+                "read it again and retry"
+            )
+        new = pb.Pattern(
+            id=p.id, type=p.type, name=p.name, description=p.description, data=p.data,
+            embedding=p.embedding, metadata=p.metadata,
+        )
+        if p.HasField("trajectory"):
+            new.trajectory.CopyFrom(p.trajectory)
+        if current is None:
+            set_evidence(new, prior(self._params))
+            new.created_at.FromNanoseconds(now)
+        else:
+            # An update replaces what the caller owns and keeps what was learned.
+            set_evidence(new, evidence_of(current))
+            new.created_at.CopyFrom(current.created_at)
+        new.updated_at.FromNanoseconds(now)
+        new.version = have + 1
+        return new
+
+    async def store(
+        self, requests: Sequence[pb.StorePatternRequest], durable: bool, batch: bool
+    ) -> list[StoreResult]:
+        """Store one or more patterns atomically: all are accepted or none is."""
+        self._admit(len(requests))
+        now = self._clock()
+        states: list[pb.Pattern] = []
+        # Items of one call may touch the same id: later ones must see earlier ones.
+        saved_pending: dict[str, tuple[int, pb.Pattern | None] | None] = {}
+        try:
+            for i, req in enumerate(requests):
+                field = f"requests[{i}].pattern" if batch else "pattern"
+                try:
+                    new = self._prepare_store(req, field, now)
+                except PatternStoreError as exc:
+                    if batch:
+                        exc.args = (f"item {i}: {exc.args[0]}; nothing in this call was stored",)
+                    raise
+                states.append(new)
+                # Stage it where _current looks, so a later item of the call sees it.
+                saved_pending.setdefault(new.id, self._pending.get(new.id))
+                self._pending[new.id] = (0, new)
+        except BaseException:
+            for pid, before in saved_pending.items():
+                if before is None:
+                    self._pending.pop(pid, None)
+                else:
+                    self._pending[pid] = before
+            raise
+        ops: list[Op] = []
+        results = []
+        for state in states:
+            seq = self._next_sequence()
+            ops.append(Put(seq, pattern_row(state, seq)))
+            self._pending[state.id] = (seq, state)
+            self._invalidate(state.id)
+            results.append(StoreResult(state.id, state.version, seq, state.version == 1))
+        self._pending_patterns += len(ops)
+        await self._submit(ops, durable)
+        return results
+
+    async def delete(self, pid: str, expected_version: int, durable: bool) -> int:
+        validate.check_id(pid)
+        self._admit(1)
+        current = self._current(pid)
+        if current is None:
+            raise NotFound(f"pattern {pid!r} does not exist")
+        if expected_version and expected_version != current.version:
+            raise VersionConflict(
+                f"pattern {pid!r} is at version {current.version}, not the expected "
+                f"{expected_version}; read it again and retry"
+            )
+        seq = self._next_sequence()
+        self._pending[pid] = (seq, None)
+        self._invalidate(pid)
+        self._pending_patterns += 1
+        await self._submit([Delete(seq, pid)], durable)
+        return seq
+
+    def _check_outcome(self, u: pb.UpdateConfidenceRequest, now: int, field: str) -> tuple[float, float, int]:
+        """(score, weight, time in ns) of a valid outcome, else InvalidArgument."""
+        validate.check_id(u.id, f"{field}id")
+        score = _SCORES.get(u.outcome)
+        if score is None:
+            raise InvalidArgument(
+                f"{field}outcome", "must be OUTCOME_SUCCESS, OUTCOME_FAILURE or OUTCOME_PARTIAL"
+            )
+        weight = validate.check_weight(u.weight, f"{field}weight")
+        if u.HasField("observed_at"):
+            ts = u.observed_at
+            if not 0 <= ts.nanos < 1_000_000_000:
+                raise InvalidArgument(f"{field}observed_at", "nanos must be in [0, 1e9)")
+            t_ns = ts.seconds * 1_000_000_000 + ts.nanos
+            if t_ns <= 0:
+                raise InvalidArgument(f"{field}observed_at", "must be after 1970-01-01T00:00:00Z")
+            if t_ns - now > _MAX_FUTURE_NS:
+                raise InvalidArgument(
+                    f"{field}observed_at",
+                    "is more than 300 s in the future; check the worker's clock",
+                )
+        else:
+            t_ns = now
+        return score, weight, t_ns
+
+    def _accept_outcome(
+        self, u: pb.UpdateConfidenceRequest, now: int, field: str, ops: list[Op]
+    ) -> OutcomeResult:
+        """Decide one outcome; append its op. Raises without side effects on bad input."""
+        score, weight, t_ns = self._check_outcome(u, now, field)
+        if u.request_id:
+            seen = self._remembered.get(u.request_id)
+            if seen is not None:
+                if seen.pattern_id != u.id:
+                    raise InvalidArgument(
+                        f"{field}request_id",
+                        f"{u.request_id!r} was already used for pattern {seen.pattern_id!r}",
+                    )
+                return OutcomeResult(seen.confidence, seen.sequence, True)
+        state = self._current(u.id)
+        if state is None:
+            raise NotFound(f"pattern {u.id!r} does not exist")
+        set_evidence(state, apply_outcome(evidence_of(state), score, weight, t_ns, self._params))
+        state.updated_at.FromNanoseconds(now)
+        state.version += 1
+        seq = self._next_sequence()
+        self._pending[u.id] = (seq, state)
+        self._invalidate(u.id)
+        ops.append(Learn(seq, learned_row(state, seq), u.request_id))
+        if u.request_id:
+            self._remember(u.request_id, _Remembered(u.id, seq, state.confidence))
+        return OutcomeResult(state.confidence, seq, False)
+
+    def _remember(self, request_id: str, answer: _Remembered) -> None:
+        self._remembered[request_id] = answer
+        if len(self._remembered) > self._settings.dedup_window:
+            self._remembered.popitem(last=False)
+
+    async def update(self, u: pb.UpdateConfidenceRequest, durable: bool) -> OutcomeResult:
+        self._admit(1)
+        ops: list[Op] = []
+        result = self._accept_outcome(u, self._clock(), "", ops)
+        if ops:
+            self._pending_updates += 1
+            await self._submit(ops, durable)
+        elif durable:
+            await self.wait_durable(result.sequence)
+        return result
+
+    async def update_batch(
+        self, updates: Sequence[pb.UpdateConfidenceRequest], durable: bool
+    ) -> list[OutcomeResult | PatternStoreError]:
+        """Apply outcomes in order; a bad item fails alone (its error is returned in place)."""
+        self._admit(len(updates))
+        now = self._clock()
+        ops: list[Op] = []
+        results: list[OutcomeResult | PatternStoreError] = []
+        newest_duplicate = 0
+        for i, u in enumerate(updates):
+            try:
+                r = self._accept_outcome(u, now, f"updates[{i}].", ops)
+            except PatternStoreError as exc:
+                results.append(exc)
+                continue
+            if r.duplicate:
+                newest_duplicate = max(newest_duplicate, r.sequence)
+            results.append(r)
+        if ops:
+            self._pending_updates += len(ops)
+            await self._submit(ops, durable)
+        elif durable and newest_duplicate:
+            await self.wait_durable(newest_duplicate)
+        return results
+
+    def accept_streamed(self, u: pb.UpdateConfidenceRequest, index: int) -> OutcomeResult:
+        """One outcome of a RecordOutcomes stream: queued now, made durable by wait_durable."""
+        self._admit(1)
+        ops: list[Op] = []
+        result = self._accept_outcome(u, self._clock(), f"message {index}: ", ops)
+        if ops:
+            self._pending_updates += 1
+            self._enqueue(ops)
+        return result
+
+    @property
+    def queue_full(self) -> bool:
+        return self._pending_ops >= self._queue_max
+
+    def _invalidate(self, pid: str) -> None:
+        if pid in self._l1:
+            del self._l1[pid]
+
+    def _enqueue(self, ops: list[Op]) -> None:
+        self._pending_ops += len(ops)
+        self._committer.submit(ops)
+
+    async def _submit(self, ops: list[Op], durable: bool) -> None:
+        self._enqueue(ops)
+        if durable:
+            await self.wait_durable(ops[-1].sequence)
+
+    # -- durability --------------------------------------------------------------------
+
+    async def wait_durable(self, sequence: int | None = None) -> int:
+        """Wait until every write up to ``sequence`` (default: all accepted) is committed."""
+        target = self.last_sequence if sequence is None else sequence
+        if self._failure is not None:
+            raise StorageError(f"a commit failed: {self._failure}")
+        if target > self.durable_sequence:
+            assert self._loop is not None
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._waiters.append((target, fut))
+            await fut
+        return self.durable_sequence
+
+    def pending_counts(self) -> tuple[int, int]:
+        """(stores and deletes, outcomes) accepted but not yet committed."""
+        return self._pending_patterns, self._pending_updates
+
+    def _committed_from_writer(
+        self, groups: Sequence[Sequence[Op]], last: int, error: BaseException | None
+    ) -> None:
+        # Runs on the writer thread: hand over to the loop, which owns all this state.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._committed, groups, last, error)
+
+    def _committed(
+        self, groups: Sequence[Sequence[Op]], last: int, error: BaseException | None
+    ) -> None:
+        n_patterns = n_updates = 0
+        for group in groups:
+            for op in group:
+                if isinstance(op, Learn):
+                    n_updates += 1
+                    pid = op.row["id"]
+                else:
+                    n_patterns += 1
+                    pid = op.row["id"] if isinstance(op, Put) else op.id
+                pending = self._pending.get(pid)
+                if pending is not None and pending[0] == op.sequence:
+                    del self._pending[pid]
+        self._pending_ops -= n_patterns + n_updates
+        self._pending_patterns -= n_patterns
+        self._pending_updates -= n_updates
+        if error is not None:
+            self._fail(error)
+            return
+        self.durable_sequence = max(self.durable_sequence, last)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self.durable_sequence:
+            _, fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+            # Pending states were never written: forget them and what was cached from them.
+            self._pending.clear()
+            self._l1.clear()
+        exc = StorageError(f"the write was not committed: {error}")
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # -- figures -----------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending_ops
+
+    @property
+    def queue_capacity(self) -> int:
+        return self._queue_max
+
+    def cache_figures(self) -> list[tuple[str, int, int, int, int, int]]:
+        """(tier, hits, misses, evictions, entries, bytes) per cache tier."""
+        c = self._l1
+        return [("l1", c.hits, c.misses, c.evictions, len(c), c.currsize)]
+
+    def count_patterns(self) -> int:
+        with storage_errors("counting patterns"):
+            row = self._pool.reader().execute(q.COUNT_PATTERNS).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _meta(conn: apsw.Connection, key: str) -> int:
+    row = conn.execute(q.META_GET, (key,)).fetchone()
+    return int(row[0]) if row else 0

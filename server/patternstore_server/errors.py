@@ -1,0 +1,88 @@
+"""The one exception tree of the server.
+
+::
+
+    PatternStoreError                 -> INTERNAL (anything unexpected)
+    ├── InvalidArgument               -> INVALID_ARGUMENT   (names the field)
+    ├── NotFound                      -> NOT_FOUND
+    ├── AlreadyExists                 -> ALREADY_EXISTS     (create_only on an existing id)
+    ├── VersionConflict               -> ABORTED            (expected_version differs)
+    ├── Overloaded                    -> RESOURCE_EXHAUSTED (write queue full)
+    ├── ShuttingDown                  -> UNAVAILABLE        (draining after SIGTERM)
+    └── StorageError                  -> INTERNAL           (SQLite said no; translated once)
+        └── StoreClosed                                     (use after close)
+
+Domain code raises these; only the servicer maps them to gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import apsw
+import grpc
+
+__all__ = [
+    "AlreadyExists",
+    "InvalidArgument",
+    "NotFound",
+    "Overloaded",
+    "PatternStoreError",
+    "ShuttingDown",
+    "StorageError",
+    "StoreClosed",
+    "VersionConflict",
+    "storage_errors",
+]
+
+
+class PatternStoreError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(PatternStoreError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(PatternStoreError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(PatternStoreError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class VersionConflict(PatternStoreError):
+    code = grpc.StatusCode.ABORTED
+
+
+class Overloaded(PatternStoreError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ShuttingDown(PatternStoreError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class StorageError(PatternStoreError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class StoreClosed(StorageError):
+    pass
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Translate SQLite's exceptions into StorageError, once, at the storage boundary."""
+    try:
+        yield
+    except apsw.Error as exc:
+        raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,213 @@
+"""The group committer: the one thread that writes, owning the only write connection.
+
+Writes arrive as *groups* (a list of ops that must commit together, e.g. one
+StorePatterns call). A batch opens with the first queued group and closes at
+``max_batch`` ops or ``max_delay`` seconds after it opened, whichever comes first; a
+group is never split across transactions. Every op carries its sequence number; groups
+are committed in submission order, so "committed up to sequence S" means every op with
+a sequence <= S is on disk.
+
+After each transaction ``on_commit(groups, last_sequence, error)`` is called from this
+thread. Once a transaction fails, nothing after it is applied (later ops may have been
+derived from the failed state); their groups are reported with the same error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from .errors import StorageError, storage_errors
+from .storage import queries as q
+
+__all__ = ["Delete", "GroupCommitter", "Learn", "Op", "Put"]
+
+log = logging.getLogger(__name__)
+
+# Prune the remembered request ids once per this many transactions: the DELETE scans an
+# index, cheap but not free, and the window is a bound, not an exact size.
+_PRUNE_EVERY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Insert or replace a whole pattern row."""
+
+    sequence: int
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """Rewrite the learned columns after an outcome; remember its request id if any."""
+
+    sequence: int
+    row: dict[str, Any]
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    sequence: int
+    id: str
+
+
+Op = Put | Learn | Delete
+CommitCallback = Callable[[Sequence[Sequence[Op]], int, BaseException | None], None]
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        reserve_gap: int,
+        dedup_window: int,
+        on_commit: CommitCallback,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._conn = conn
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._reserve_gap = reserve_gap
+        self._dedup_window = dedup_window
+        self._on_commit = on_commit
+        self._monotonic = monotonic
+        # Guards _groups, _queued_ops, _closing. The writer thread waits on it.
+        self._cond = threading.Condition(threading.Lock())
+        self._groups: deque[Sequence[Op]] = deque()
+        self._queued_ops = 0
+        self._closing = False
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="patternstore-writer", daemon=True)
+        # Read by stats from other threads; plain ints, written only by the writer thread.
+        self.batches = 0
+        self.items = 0
+        self.last_commit_seconds = 0.0
+        self.batch_observer: Callable[[int, float], None] | None = None
+
+    # -- called from the acceptor ------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, group: Sequence[Op]) -> None:
+        with self._cond:
+            if self._closing:
+                raise StorageError("the writer is closed")
+            was_empty = not self._groups
+            self._groups.append(group)
+            self._queued_ops += len(group)
+            # Wake the writer only when it has something new to decide: a batch to open
+            # or a full batch to close. A wake-up per write would cost a GIL hand-off each.
+            if was_empty or self._queued_ops >= self._max_batch:
+                self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return self._queued_ops
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, checkpoint, and stop. Safe to call twice."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _next_batch(self) -> list[Sequence[Op]] | None:
+        with self._cond:
+            while not self._groups:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            deadline = self._monotonic() + self._max_delay_s
+            while self._queued_ops < self._max_batch and not self._closing:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[Sequence[Op]] = []
+            taken = 0
+            while self._groups and (taken == 0 or taken + len(self._groups[0]) <= self._max_batch):
+                group = self._groups.popleft()
+                batch.append(group)
+                taken += len(group)
+            self._queued_ops -= taken
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            last = max((op.sequence for group in batch for op in group), default=0)
+            error = self._failure
+            if error is None:
+                try:
+                    self._commit(batch, last)
+                except BaseException as exc:  # report it to the waiters, then refuse writes
+                    log.exception("group commit failed; refusing further writes")
+                    self._failure = error = exc
+            self._on_commit(batch, last, error)
+        if self._failure is None:
+            self._checkpoint()
+
+    def _commit(self, batch: list[Sequence[Op]], last: int) -> None:
+        started = time.perf_counter()
+        conn = self._conn
+        n = 0
+        with storage_errors("committing a batch"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for group in batch:
+                    for op in group:
+                        n += 1
+                        if isinstance(op, Learn):
+                            conn.execute(q.UPDATE_LEARNED, op.row)
+                            if op.request_id:
+                                conn.execute(
+                                    q.INSERT_OUTCOME_REQUEST,
+                                    (op.request_id, op.row["id"], op.sequence,
+                                     op.row["confidence"]),
+                                )
+                        elif isinstance(op, Put):
+                            conn.execute(q.UPSERT_PATTERN, op.row)
+                        else:
+                            conn.execute(q.DELETE_PATTERN, (op.id,))
+                conn.execute(q.META_SET, ("durable_sequence", last))
+                # Every sequence handed out is at most `reserve_gap` past the durable one
+                # (the acceptor admits no more), so a restart starting above this never
+                # reuses a sequence a lost queued write was given.
+                conn.execute(q.META_SET, ("sequence_reserved", last + self._reserve_gap))
+                if self.batches % _PRUNE_EVERY == 0:
+                    conn.execute(q.PRUNE_OUTCOME_REQUESTS, (self._dedup_window,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+                raise
+        elapsed = time.perf_counter() - started
+        self.batches += 1
+        self.items += n
+        self.last_commit_seconds = elapsed
+        if self.batch_observer is not None:
+            self.batch_observer(n, elapsed)
+
+    def _checkpoint(self) -> None:
+        try:
+            with storage_errors("checkpointing the WAL"):
+                self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except StorageError:
+            log.warning("final WAL checkpoint failed; SQLite will replay the WAL on next open")

@@ -1,0 +1,114 @@
+"""QueryPatterns: filters, orderings and keyset pagination with opaque page tokens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from patternstore.v1 import patternstore_pb2 as pb
+
+from . import validate
+from .errors import InvalidArgument, storage_errors
+from .model import row_to_pattern
+from .storage import ConnectionPool
+from .storage import queries as q
+
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "QuerySpec", "parse_query", "run_query"]
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+_ORDERS = {
+    pb.ORDER_BY_UNSPECIFIED: "confidence",
+    pb.ORDER_BY_CONFIDENCE: "confidence",
+    pb.ORDER_BY_USAGE: "usage",
+    pb.ORDER_BY_RECENT: "recent",
+    pb.ORDER_BY_LOWER_BOUND: "lower_bound",
+}
+_TOKEN_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    type: str
+    min_confidence: float
+    order: str
+    limit: int
+    after: tuple[Any, str] | None  # (ordering value, id) of the previous page's last row
+
+    def cache_key(self) -> tuple[Any, ...]:
+        return (self.type, self.min_confidence, self.order, self.limit, self.after)
+
+
+def parse_query(req: pb.QueryPatternsRequest) -> QuerySpec:
+    if req.type:
+        validate.check_type(req.type)
+    if math.isnan(req.min_confidence):
+        raise InvalidArgument("min_confidence", "must be a number, not NaN")
+    order = _ORDERS.get(req.order_by)
+    if order is None:
+        raise InvalidArgument("order_by", f"unknown ordering {req.order_by}")
+    # Above the maximum the page is coerced down, as Google's AIP-158 asks of page sizes.
+    limit = DEFAULT_LIMIT if req.limit == 0 else min(req.limit, MAX_LIMIT)
+    after = None
+    if req.page_token:
+        after = _decode_token(req.page_token, req.type, req.min_confidence, order)
+    return QuerySpec(req.type, req.min_confidence, order, limit, after)
+
+
+def run_query(pool: ConnectionPool, spec: QuerySpec) -> bytes:
+    """Run the query on this thread's reader; return the serialised response."""
+    params: dict[str, Any] = {
+        "min_confidence": spec.min_confidence,
+        "limit": spec.limit + 1,  # one more than asked tells whether a next page exists
+    }
+    if spec.type:
+        params["type"] = spec.type
+    if spec.after is not None:
+        params["after_value"], params["after_id"] = spec.after
+    sql = q.query_sql(spec.order, bool(spec.type), spec.after is not None)
+    with storage_errors("querying patterns"):
+        rows = list(pool.reader().execute(sql, params))
+    resp = pb.QueryPatternsResponse()
+    for row in rows[: spec.limit]:
+        resp.patterns.append(row_to_pattern(row))
+    if len(rows) > spec.limit:
+        last = rows[spec.limit - 1]
+        resp.next_page_token = _encode_token(spec, last[-1], last[0])
+    return resp.SerializeToString()
+
+
+def _encode_token(spec: QuerySpec, value: Any, pid: str) -> str:
+    body = {
+        "v": _TOKEN_VERSION,
+        "t": spec.type,
+        "m": spec.min_confidence,
+        "o": spec.order,
+        "a": [value, pid],
+    }
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, qtype: str, min_confidence: float, order: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        body = json.loads(raw)
+        value, pid = body["a"]
+        same = (body["v"], body["t"], body["m"], body["o"]) == (
+            _TOKEN_VERSION, qtype, min_confidence, order)
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token", "is not a token this server issued") from None
+    if not same:
+        raise InvalidArgument(
+            "page_token",
+            "belongs to a query with another type, min_confidence or order_by; "
+            "repeat the original query's filters",
+        )
+    if not isinstance(pid, str) or not isinstance(value, int | float):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return value, pid

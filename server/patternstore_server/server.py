@@ -1,0 +1,157 @@
+"""Assembling and running the server: create_server() for tests, serve() for the process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from .cache import make_cache
+from .config import Settings
+from .engine import Clock, Engine
+from .metrics import SERVICE, Metrics, StateReading
+from .servicer import PatternStoreServicer
+from .storage import ConnectionOptions, ConnectionPool
+
+__all__ = ["DB_NAME", "PatternStoreServer", "create_server", "serve"]
+
+log = logging.getLogger("patternstore_server")
+
+DB_NAME = "patterns.db"
+_MAX_MESSAGE = 64 * 1024 * 1024  # a 1M-value trajectory is 8 MiB; a batch may hold several
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class PatternStoreServer:
+    """One server process's parts: gRPC, the engine and its writer, metrics, health."""
+
+    def __init__(self, settings: Settings, clock: Clock = time.time_ns) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.port = 0
+        self.metrics_port = 0
+        self.metrics = Metrics()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: WSGIServer | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = False
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.settings.data_dir) / DB_NAME
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = ConnectionPool(
+            self.db_path,
+            ConnectionOptions(s.synchronous, s.busy_timeout_ms, s.wal_autocheckpoint_pages),
+        )
+        l1 = make_cache(s.l1_policy, s.l1_max_entries, s.l1_max_bytes)
+        self.engine = Engine(s, self.pool, l1, self._clock)
+        self.engine.committer.batch_observer = self.metrics.observe_batch
+        self.engine.start(asyncio.get_running_loop())
+        self.servicer = PatternStoreServicer(self.engine, self.pool, self.metrics, s.query_threads)
+
+        server = grpc.aio.server(
+            options=[
+                # On by default: a second server would silently share the port.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host, _ = _split_address(s.listen)
+        self.port = server.add_insecure_port(s.listen)
+        if self.port == 0:
+            raise OSError(f"cannot bind {s.listen}")
+        await server.start()
+        self._grpc = server
+
+        metrics_addr = "-"
+        if s.metrics_listen:
+            mhost, mport = _split_address(s.metrics_listen)
+            self.metrics.add_state_collector(self._state)
+            self._http, _ = start_http_server(mport, mhost, registry=self.metrics.registry)
+            self.metrics_port = self._http.server_port
+            metrics_addr = f"{mhost}:{self.metrics_port}"
+        await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "patternstore serving grpc=%s:%d metrics=%s db=%s",
+            host, self.port, metrics_addr, self.db_path,
+        )
+
+    def _state(self) -> StateReading:
+        e = self.engine
+        db, wal = self.pool.file_sizes()
+        return StateReading(
+            queue_depth=e.queue_depth,
+            queue_capacity=e.queue_capacity,
+            durable_sequence=e.durable_sequence,
+            last_sequence=e.last_sequence,
+            batches=e.committer.batches,
+            items=e.committer.items,
+            caches=e.cache_figures(),
+            database_bytes=db,
+            wal_bytes=wal,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new writes, let calls in flight finish, commit the queue, checkpoint."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.grace_s if grace is None else grace
+        self.engine.stop_accepting()
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        self.servicer.close()
+        self.pool.close()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("patternstore stopped; durable_sequence=%d", self.engine.durable_sequence)
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+
+async def create_server(settings: Settings, clock: Clock = time.time_ns) -> PatternStoreServer:
+    """Start a server (port 0 binds a free port: read it from ``.port``)."""
+    server = PatternStoreServer(settings, clock)
+    await server.start()
+    return server
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and exit."""
+    server = await create_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("patternstore draining")
+    await server.stop()

@@ -1,0 +1,295 @@
+"""The gRPC face: parses requests, calls the engine, maps domain errors to status codes.
+
+Handlers are registered with identity (de)serialisers: requests arrive as bytes, so a
+malformed message becomes INVALID_ARGUMENT instead of gRPC's generic INTERNAL, and
+replies leave as bytes, so a read is served from the cached serialised pattern without
+building a message (GetPatterns frames the cached bytes into its reply by hand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from patternstore.v1 import patternstore_pb2 as pb
+
+from . import validate
+from .engine import Engine, OutcomeResult
+from .errors import InvalidArgument, NotFound, PatternStoreError
+from .metrics import SERVICE, MethodMetrics, Metrics
+from .query import parse_query, run_query
+from .storage import ConnectionPool
+
+__all__ = ["PatternStoreServicer"]
+
+log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=Message)
+_Unary = Callable[[bytes], Awaitable[bytes]]
+
+_PATTERNS_TAG = b"\x0a"  # GetPatternsResponse.patterns: field 1, length-delimited
+_MISSING_TAG = b"\x12"  # GetPatternsResponse.missing_ids: field 2, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _parse(cls: type[_M], raw: bytes) -> _M:
+    try:
+        return cls.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidArgument("request", f"is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
+
+
+def _durable(d: pb.Durability.ValueType) -> bool:
+    if d not in (pb.DURABILITY_UNSPECIFIED, pb.DURABILITY_COMMITTED, pb.DURABILITY_QUEUED):
+        raise InvalidArgument("durability", f"unknown value {d}")
+    return d != pb.DURABILITY_QUEUED
+
+
+class PatternStoreServicer:
+    def __init__(
+        self, engine: Engine, pool: ConnectionPool, metrics: Metrics, query_threads: int
+    ) -> None:
+        self._engine = engine
+        self._pool = pool
+        self._metrics = metrics
+        self._queries = ThreadPoolExecutor(query_threads, thread_name_prefix="patternstore-query")
+
+    def close(self) -> None:
+        self._queries.shutdown(wait=True)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary: dict[str, _Unary] = {
+            "GetPattern": self.get_pattern,
+            "GetPatterns": self.get_patterns,
+            "StorePattern": self.store_pattern,
+            "StorePatterns": self.store_patterns,
+            "DeletePattern": self.delete_pattern,
+            "UpdateConfidence": self.update_confidence,
+            "UpdateConfidenceBatch": self.update_confidence_batch,
+            "QueryPatterns": self.query_patterns,
+            "Flush": self.flush,
+            "GetStats": self.get_stats,
+        }
+        handlers: dict[str, grpc.RpcMethodHandler] = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(fn, self._metrics.method(name, "unary"))
+            )
+            for name, fn in unary.items()
+        }
+        handlers["RecordOutcomes"] = grpc.stream_unary_rpc_method_handler(
+            self._wrap_stream(self._metrics.method("RecordOutcomes", "client_stream"))
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    # -- error mapping and metrics, once for every method -----------------------------
+
+    @staticmethod
+    def _wrap_unary(
+        fn: _Unary, m: MethodMetrics
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            m.started.inc()
+            m.msg_received.inc()
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                reply = await fn(request)
+                m.msg_sent.inc()
+                return reply
+            except PatternStoreError as exc:
+                code = exc.code
+                await context.abort(code, str(exc))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                log.exception("unexpected error")
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal error; the server log has the details")
+            finally:
+                m.done(code, time.perf_counter() - started)
+
+        return handle
+
+    def _wrap_stream(
+        self, m: MethodMetrics
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        async def handle(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> bytes:
+            m.started.inc()
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                reply = await self.record_outcomes(requests, m)
+                m.msg_sent.inc()
+                return reply
+            except PatternStoreError as exc:
+                code = exc.code
+                await context.abort(code, str(exc))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                log.exception("unexpected error")
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal error; the server log has the details")
+            finally:
+                m.done(code, time.perf_counter() - started)
+
+        return handle
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_pattern(self, raw: bytes) -> bytes:
+        req = _parse(pb.GetPatternRequest, raw)
+        validate.check_id(req.id)
+        data = self._engine.get_serialized(req.id)
+        if data is None:
+            raise NotFound(f"pattern {req.id!r} does not exist")
+        return data
+
+    async def get_patterns(self, raw: bytes) -> bytes:
+        req = _parse(pb.GetPatternsRequest, raw)
+        ids = list(req.ids)
+        validate.check_count(len(ids), validate.MAX_GET_IDS, "ids")
+        for i, pid in enumerate(ids):
+            validate.check_id(pid, f"ids[{i}]")
+        parts: list[bytes] = []
+        missing: list[bytes] = []
+        for pid, data in zip(ids, self._engine.get_many_serialized(ids), strict=True):
+            if data is None:
+                encoded = pid.encode()
+                missing += (_MISSING_TAG, _varint(len(encoded)), encoded)
+            else:
+                parts += (_PATTERNS_TAG, _varint(len(data)), data)
+        return b"".join(parts + missing)
+
+    async def query_patterns(self, raw: bytes) -> bytes:
+        req = _parse(pb.QueryPatternsRequest, raw)
+        spec = parse_query(req)
+        if req.consistency == pb.CONSISTENCY_STRONG:
+            await self._engine.wait_durable()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._queries, run_query, self._pool, spec)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def store_pattern(self, raw: bytes) -> bytes:
+        req = _parse(pb.StorePatternRequest, raw)
+        durable = _durable(req.durability)
+        (r,) = await self._engine.store([req], durable, batch=False)
+        return pb.StorePatternResponse(
+            id=r.id, version=r.version, sequence=r.sequence, created=r.created
+        ).SerializeToString()
+
+    async def store_patterns(self, raw: bytes) -> bytes:
+        req = _parse(pb.StorePatternsRequest, raw)
+        validate.check_count(len(req.requests), validate.MAX_STORE_ITEMS, "requests")
+        durable = _durable(req.durability)
+        results = await self._engine.store(list(req.requests), durable, batch=True)
+        resp = pb.StorePatternsResponse()
+        for r in results:
+            resp.results.add(id=r.id, version=r.version, sequence=r.sequence, created=r.created)
+        return resp.SerializeToString()
+
+    async def delete_pattern(self, raw: bytes) -> bytes:
+        req = _parse(pb.DeletePatternRequest, raw)
+        seq = await self._engine.delete(req.id, req.expected_version, _durable(req.durability))
+        return pb.DeletePatternResponse(sequence=seq).SerializeToString()
+
+    async def update_confidence(self, raw: bytes) -> bytes:
+        req = _parse(pb.UpdateConfidenceRequest, raw)
+        r = await self._engine.update(req, _durable(req.durability))
+        return pb.UpdateConfidenceResponse(
+            confidence=r.confidence, sequence=r.sequence, duplicate=r.duplicate
+        ).SerializeToString()
+
+    async def update_confidence_batch(self, raw: bytes) -> bytes:
+        req = _parse(pb.UpdateConfidenceBatchRequest, raw)
+        validate.check_count(len(req.updates), validate.MAX_UPDATE_ITEMS, "updates")
+        results = await self._engine.update_batch(list(req.updates), _durable(req.durability))
+        resp = pb.UpdateConfidenceBatchResponse()
+        for r in results:
+            if isinstance(r, OutcomeResult):
+                resp.results.add(confidence=r.confidence, sequence=r.sequence, duplicate=r.duplicate)
+            else:
+                resp.results.add(code=r.code.value[0], message=str(r))
+        return resp.SerializeToString()
+
+    async def record_outcomes(self, requests: AsyncIterator[bytes], m: MethodMetrics) -> bytes:
+        engine = self._engine
+        accepted = not_found = duplicates = 0
+        index = 0
+        async for raw in requests:
+            m.msg_received.inc()
+            if engine.queue_full:
+                # Back-pressure instead of refusal: while we wait, HTTP/2 flow control
+                # stops the sender.
+                await engine.wait_durable()
+            try:
+                r = engine.accept_streamed(_parse(pb.UpdateConfidenceRequest, raw), index)
+            except NotFound:
+                not_found += 1
+            except PatternStoreError as exc:
+                await engine.wait_durable()
+                exc.args = (
+                    f"{exc.args[0]}; the {accepted} outcomes before it are applied and durable",
+                )
+                raise
+            else:
+                if r.duplicate:
+                    duplicates += 1
+                else:
+                    accepted += 1
+            index += 1
+        durable = await engine.wait_durable()
+        return pb.RecordOutcomesResponse(
+            accepted=accepted, not_found=not_found, duplicates=duplicates,
+            durable_sequence=durable,
+        ).SerializeToString()
+
+    async def flush(self, raw: bytes) -> bytes:
+        _parse(pb.FlushRequest, raw)
+        patterns, updates = self._engine.pending_counts()
+        durable = await self._engine.wait_durable()
+        return pb.FlushResponse(
+            durable_sequence=durable, patterns_written=patterns, updates_applied=updates
+        ).SerializeToString()
+
+    async def get_stats(self, raw: bytes) -> bytes:
+        _parse(pb.GetStatsRequest, raw)
+        return self._engine_stats().SerializeToString()
+
+    def _engine_stats(self) -> pb.Stats:
+        e = self._engine
+        s = pb.Stats(
+            batches_flushed=e.committer.batches,
+            items_committed=e.committer.items,
+            durable_sequence=e.durable_sequence,
+            last_sequence=e.last_sequence,
+            patterns=e.count_patterns(),
+            uptime_seconds=time.monotonic() - e.started_monotonic,
+        )
+        s.database_bytes, s.wal_bytes = self._pool.file_sizes()
+        for tier, hits, misses, evictions, entries, size in e.cache_figures():
+            s.caches.add(
+                tier=tier, hits=hits, misses=misses, evictions=evictions, entries=entries,
+                bytes=size,
+            )
+        s.queues.add(name="writes", depth=e.queue_depth, capacity=e.queue_capacity)
+        return s

@@ -1,0 +1,87 @@
+"""Connections: one writer (owned by the flush thread), one reader per thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import apsw
+
+from ..errors import StoreClosed, storage_errors
+from .migrate import apply_migrations
+from .pragmas import ConnectionOptions, configure_reader, configure_writer
+
+__all__ = ["ConnectionPool"]
+
+
+class ConnectionPool:
+    """Hands out the writer once and a reader per calling thread.
+
+    ``close()`` closes every connection it handed out; it is safe to call twice, and any
+    later ``reader()`` or ``writer()`` raises StoreClosed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], options: ConnectionOptions) -> None:
+        self.path = Path(path)
+        self.options = options
+        self._local = threading.local()
+        # Guards _readers, _writer and _closed: readers are created from many threads.
+        self._lock = threading.Lock()
+        self._readers: list[apsw.Connection] = []
+        self._writer: apsw.Connection | None = None
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def writer(self) -> apsw.Connection:
+        """The one write connection, with the schema migrated. Call once."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("the connection pool is closed")
+            if self._writer is not None:
+                raise RuntimeError("the writer connection was already handed out")
+            with storage_errors(f"opening {self.path}"):
+                conn = apsw.Connection(str(self.path))
+                configure_writer(conn, self.options)
+                apply_migrations(conn)
+            self._writer = conn
+            return conn
+
+    def reader(self) -> apsw.Connection:
+        """This thread's read-only connection (created on first use)."""
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("the connection pool is closed")
+            with storage_errors(f"opening {self.path} for reading"):
+                conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+                configure_reader(conn, self.options)
+            self._readers.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def file_sizes(self) -> tuple[int, int]:
+        """(database bytes, WAL bytes) as on disk now."""
+        sizes = []
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                sizes.append(p.stat().st_size)
+            except FileNotFoundError:
+                sizes.append(0)
+        return sizes[0], sizes[1]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns = list(self._readers)
+            if self._writer is not None:
+                conns.append(self._writer)
+            self._readers.clear()
+            self._writer = None
+        # The writer is last: closing the last connection checkpoints and removes the WAL.
+        for conn in conns:
+            conn.close()

@@ -1,0 +1,118 @@
+"""Every SQL statement the server runs, as a named constant."""
+
+from __future__ import annotations
+
+__all__ = [
+    "COLUMNS",
+    "COUNT_PATTERNS",
+    "DELETE_PATTERN",
+    "INSERT_OUTCOME_REQUEST",
+    "LOAD_OUTCOME_REQUESTS",
+    "META_GET",
+    "META_SET",
+    "ORDER_COLUMNS",
+    "PRUNE_OUTCOME_REQUESTS",
+    "SELECT_PATTERN",
+    "SELECT_PATTERNS_IN",
+    "UPDATE_LEARNED",
+    "UPSERT_PATTERN",
+    "query_sql",
+]
+
+# Row order of every SELECT of a pattern; model.row_to_pattern reads them by position.
+COLUMNS = (
+    "id, type, name, description, data, embedding, trajectory_dims, trajectory, metadata, "
+    "confidence, alpha, beta, usage_count, success_count, failure_count, "
+    "created_ns, updated_ns, last_outcome_ns, version"
+)
+
+SELECT_PATTERN = f"SELECT {COLUMNS} FROM patterns WHERE id = ?"
+
+# Placeholders are filled with one "?" per id: SQLite has no array binding.
+SELECT_PATTERNS_IN = f"SELECT {COLUMNS} FROM patterns WHERE id IN ({{}})"
+
+UPSERT_PATTERN = """
+INSERT INTO patterns (
+    id, type, name, description, data, embedding, trajectory_dims, trajectory, metadata,
+    confidence, lower_bound, alpha, beta, usage_count, success_count, failure_count,
+    created_ns, updated_ns, last_outcome_ns, version, sequence)
+VALUES (:id, :type, :name, :description, :data, :embedding, :trajectory_dims, :trajectory,
+    :metadata, :confidence, :lower_bound, :alpha, :beta, :usage_count, :success_count,
+    :failure_count, :created_ns, :updated_ns, :last_outcome_ns, :version, :sequence)
+ON CONFLICT (id) DO UPDATE SET
+    type = excluded.type, name = excluded.name, description = excluded.description,
+    data = excluded.data, embedding = excluded.embedding,
+    trajectory_dims = excluded.trajectory_dims, trajectory = excluded.trajectory,
+    metadata = excluded.metadata, confidence = excluded.confidence,
+    lower_bound = excluded.lower_bound, alpha = excluded.alpha, beta = excluded.beta,
+    usage_count = excluded.usage_count, success_count = excluded.success_count,
+    failure_count = excluded.failure_count, created_ns = excluded.created_ns,
+    updated_ns = excluded.updated_ns, last_outcome_ns = excluded.last_outcome_ns,
+    version = excluded.version, sequence = excluded.sequence
+"""
+
+# An outcome rewrites only the learned columns: the payload blobs stay where they are.
+UPDATE_LEARNED = """
+UPDATE patterns SET confidence = :confidence, lower_bound = :lower_bound, alpha = :alpha,
+    beta = :beta, usage_count = :usage_count, success_count = :success_count,
+    failure_count = :failure_count, updated_ns = :updated_ns,
+    last_outcome_ns = :last_outcome_ns, version = :version, sequence = :sequence
+WHERE id = :id
+"""
+
+DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
+
+COUNT_PATTERNS = "SELECT count(*) FROM patterns"
+
+INSERT_OUTCOME_REQUEST = """
+INSERT OR REPLACE INTO outcome_requests (request_id, pattern_id, sequence, confidence)
+VALUES (?, ?, ?, ?)
+"""
+
+LOAD_OUTCOME_REQUESTS = """
+SELECT request_id, pattern_id, sequence, confidence FROM outcome_requests
+ORDER BY sequence DESC LIMIT ?
+"""
+
+# Keep the newest `dedup_window` request ids (by sequence).
+PRUNE_OUTCOME_REQUESTS = """
+DELETE FROM outcome_requests WHERE sequence <= (
+    SELECT sequence FROM outcome_requests ORDER BY sequence DESC LIMIT 1 OFFSET ?)
+"""
+
+META_GET = "SELECT value FROM meta WHERE key = ?"
+META_SET = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+
+# QueryPatterns orderings: the column, always descending, ties by id ascending.
+ORDER_COLUMNS = {
+    "confidence": "confidence",
+    "usage": "usage_count",
+    "recent": "updated_ns",
+    "lower_bound": "lower_bound",
+}
+
+
+def _build_query(column: str, typed: bool, after: bool) -> str:
+    where = ["confidence >= :min_confidence"]
+    if typed:
+        where.append("type = :type")
+    if after:
+        # Keyset pagination: strictly after the last row of the previous page.
+        where.append(f"({column} < :after_value OR ({column} = :after_value AND id > :after_id))")
+    return (
+        f"SELECT {COLUMNS}, {column} FROM patterns WHERE {' AND '.join(where)} "
+        f"ORDER BY {column} DESC, id ASC LIMIT :limit"
+    )
+
+
+# Built once at import: one statement per (ordering, type filter, page after a token).
+_QUERIES = {
+    (order, typed, after): _build_query(column, typed, after)
+    for order, column in ORDER_COLUMNS.items()
+    for typed in (False, True)
+    for after in (False, True)
+}
+
+
+def query_sql(order: str, typed: bool, after: bool) -> str:
+    return _QUERIES[(order, typed, after)]
