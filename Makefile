@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO := proto/patternstore/v1/patternstore.proto
 
-.PHONY: run test lint typecheck proto bench clean
+.PHONY: run test lint typecheck proto bench-codecs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ typecheck: $(VENV)/.test-installed
 proto: $(VENV)/.test-installed
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client \
 		--grpc_python_out=client $(PROTO)
+
+## Compression ratios of the codecs vs zlib-6 and raw, on a generated corpus.
+bench-codecs: $(VENV)/.test-installed
+	$(BIN)/python loadtest/bench_codecs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,10 @@
 """patternstore client: store learned patterns, read them back, report outcomes.
 
-    from patternstore import PatternStoreClient, Pattern
-    with PatternStoreClient("127.0.0.1:50051") as ps:
-        ps.store_pattern(Pattern(id="p1", type="plan", data=b'{"steps": []}'))
-        ps.update_confidence("p1", "success")
-        print(ps.get_pattern("p1").confidence)
+from patternstore import PatternStoreClient, Pattern
+with PatternStoreClient("127.0.0.1:50051") as ps:
+    ps.store_pattern(Pattern(id="p1", type="plan", data=b'{"steps": []}'))
+    ps.update_confidence("p1", "success")
+    print(ps.get_pattern("p1").confidence)
 """
 
 from ._requests import RetryPolicy, update_request

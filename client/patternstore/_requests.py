@@ -65,24 +65,28 @@ class RetryPolicy:
 
     @staticmethod
     def retryable(exc: grpc.RpcError) -> bool:
-        return exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[no-any-return,attr-defined]
+        return exc.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def outcome(value: pb.Outcome.ValueType | str) -> pb.Outcome.ValueType:
+def outcome(value: pb.Outcome | str) -> pb.Outcome:
     if isinstance(value, str):
         try:
             return _OUTCOMES[value.lower()]
         except KeyError:
-            raise ValueError(f"outcome must be one of {', '.join(_OUTCOMES)}, not {value!r}") from None
+            raise ValueError(
+                f"outcome must be one of {', '.join(_OUTCOMES)}, not {value!r}"
+            ) from None
     return value
 
 
-def order_by(value: pb.OrderBy.ValueType | str) -> pb.OrderBy.ValueType:
+def order_by(value: pb.OrderBy | str) -> pb.OrderBy:
     if isinstance(value, str):
         try:
             return _ORDERS[value.lower()]
         except KeyError:
-            raise ValueError(f"order_by must be one of {', '.join(_ORDERS)}, not {value!r}") from None
+            raise ValueError(
+                f"order_by must be one of {', '.join(_ORDERS)}, not {value!r}"
+            ) from None
     return value
 
 
@@ -91,7 +95,7 @@ def timestamp(value: dt.datetime | float | Timestamp | None) -> Timestamp | None
         return value
     ts = Timestamp()
     if isinstance(value, dt.datetime):
-        ts.FromDatetime(value.astimezone(dt.timezone.utc))
+        ts.FromDatetime(value.astimezone(dt.UTC))
     else:
         ts.FromNanoseconds(round(value * 1e9))
     return ts
@@ -99,15 +103,18 @@ def timestamp(value: dt.datetime | float | Timestamp | None) -> Timestamp | None
 
 def update_request(
     id: str,
-    outcome_value: pb.Outcome.ValueType | str,
+    outcome_value: pb.Outcome | str,
     *,
     weight: float = 0.0,
     observed_at: dt.datetime | float | Timestamp | None = None,
     request_id: str = "",
-    durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    durability: pb.Durability = pb.DURABILITY_COMMITTED,
 ) -> pb.UpdateConfidenceRequest:
     req = pb.UpdateConfidenceRequest(
-        id=id, outcome=outcome(outcome_value), weight=weight, request_id=request_id,
+        id=id,
+        outcome=outcome(outcome_value),
+        weight=weight,
+        request_id=request_id,
         durability=durability,
     )
     ts = timestamp(observed_at)
@@ -121,10 +128,12 @@ def store_request(
     *,
     expected_version: int = 0,
     create_only: bool = False,
-    durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+    durability: pb.Durability = pb.DURABILITY_COMMITTED,
 ) -> pb.StorePatternRequest:
     return pb.StorePatternRequest(
-        pattern=pattern, expected_version=expected_version, create_only=create_only,
+        pattern=pattern,
+        expected_version=expected_version,
+        create_only=create_only,
         durability=durability,
     )
 
@@ -133,12 +142,16 @@ def query_request(
     type: str = "",
     *,
     min_confidence: float = 0.0,
-    order: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+    order: pb.OrderBy | str = pb.ORDER_BY_CONFIDENCE,
     limit: int = 0,
     page_token: str = "",
-    consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+    consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
 ) -> pb.QueryPatternsRequest:
     return pb.QueryPatternsRequest(
-        type=type, min_confidence=min_confidence, order_by=order_by(order), limit=limit,
-        page_token=page_token, consistency=consistency,
+        type=type,
+        min_confidence=min_confidence,
+        order_by=order_by(order),
+        limit=limit,
+        page_token=page_token,
+        consistency=consistency,
     )

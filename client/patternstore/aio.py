@@ -88,14 +88,18 @@ class AsyncPatternStoreClient:
         type: str = "",
         *,
         min_confidence: float = 0.0,
-        order_by: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+        order_by: pb.OrderBy | str = pb.ORDER_BY_CONFIDENCE,
         limit: int = 0,
         page_token: str = "",
-        consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+        consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
     ) -> pb.QueryPatternsResponse:
         req = r.query_request(
-            type, min_confidence=min_confidence, order=order_by, limit=limit,
-            page_token=page_token, consistency=consistency,
+            type,
+            min_confidence=min_confidence,
+            order=order_by,
+            limit=limit,
+            page_token=page_token,
+            consistency=consistency,
         )
         return await self._call("QueryPatterns", req, pb.QueryPatternsResponse, True)
 
@@ -111,10 +115,12 @@ class AsyncPatternStoreClient:
         *,
         expected_version: int = 0,
         create_only: bool = False,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.StorePatternResponse:
         req = r.store_request(
-            pattern, expected_version=expected_version, create_only=create_only,
+            pattern,
+            expected_version=expected_version,
+            create_only=create_only,
             durability=durability,
         )
         return await self._call("StorePattern", req, pb.StorePatternResponse, expected_version != 0)
@@ -123,9 +129,11 @@ class AsyncPatternStoreClient:
         self,
         requests: Iterable[pb.StorePatternRequest | pb.Pattern],
         *,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.StorePatternsResponse:
-        items = [x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests]
+        items = [
+            x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests
+        ]
         req = pb.StorePatternsRequest(requests=items, durability=durability)
         safe = all(x.expected_version for x in items)
         return await self._call("StorePatterns", req, pb.StorePatternsResponse, safe)
@@ -135,23 +143,31 @@ class AsyncPatternStoreClient:
         id: str,
         *,
         expected_version: int = 0,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.DeletePatternResponse:
-        req = pb.DeletePatternRequest(id=id, expected_version=expected_version, durability=durability)
-        return await self._call("DeletePattern", req, pb.DeletePatternResponse, expected_version != 0)
+        req = pb.DeletePatternRequest(
+            id=id, expected_version=expected_version, durability=durability
+        )
+        return await self._call(
+            "DeletePattern", req, pb.DeletePatternResponse, expected_version != 0
+        )
 
     async def update_confidence(
         self,
         id: str,
-        outcome: pb.Outcome.ValueType | str,
+        outcome: pb.Outcome | str,
         *,
         weight: float = 0.0,
         observed_at: dt.datetime | float | Timestamp | None = None,
         request_id: str = "",
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.UpdateConfidenceResponse:
         req = r.update_request(
-            id, outcome, weight=weight, observed_at=observed_at, request_id=request_id,
+            id,
+            outcome,
+            weight=weight,
+            observed_at=observed_at,
+            request_id=request_id,
             durability=durability,
         )
         return await self._call(
@@ -162,7 +178,7 @@ class AsyncPatternStoreClient:
         self,
         updates: Iterable[pb.UpdateConfidenceRequest],
         *,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.UpdateConfidenceBatchResponse:
         req = pb.UpdateConfidenceBatchRequest(updates=list(updates), durability=durability)
         safe = all(u.request_id for u in req.updates)
@@ -177,8 +193,9 @@ class AsyncPatternStoreClient:
         timeout: float | None = None,
     ) -> pb.RecordOutcomesResponse:
         """Stream outcomes; everything accepted is durable when this returns. Not retried."""
+        stream = aiter(updates) if isinstance(updates, AsyncIterable) else iter(updates)
         reply: Any = await self._record(
-            updates, timeout=timeout or self.timeout, metadata=self._metadata
+            stream, timeout=timeout or self.timeout, metadata=self._metadata
         )
         assert isinstance(reply, pb.RecordOutcomesResponse)
         return reply

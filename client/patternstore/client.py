@@ -96,14 +96,18 @@ class PatternStoreClient:
         type: str = "",
         *,
         min_confidence: float = 0.0,
-        order_by: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+        order_by: pb.OrderBy | str = pb.ORDER_BY_CONFIDENCE,
         limit: int = 0,
         page_token: str = "",
-        consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+        consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
     ) -> pb.QueryPatternsResponse:
         req = r.query_request(
-            type, min_confidence=min_confidence, order=order_by, limit=limit,
-            page_token=page_token, consistency=consistency,
+            type,
+            min_confidence=min_confidence,
+            order=order_by,
+            limit=limit,
+            page_token=page_token,
+            consistency=consistency,
         )
         return self._call("QueryPatterns", req, pb.QueryPatternsResponse, True)
 
@@ -112,16 +116,20 @@ class PatternStoreClient:
         type: str = "",
         *,
         min_confidence: float = 0.0,
-        order_by: pb.OrderBy.ValueType | str = pb.ORDER_BY_CONFIDENCE,
+        order_by: pb.OrderBy | str = pb.ORDER_BY_CONFIDENCE,
         page_size: int = 1000,
-        consistency: pb.Consistency.ValueType = pb.CONSISTENCY_BOUNDED,
+        consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
     ) -> Iterator[pb.Pattern]:
         """Every matching pattern, page by page."""
         token = ""
         while True:
             page = self.query_patterns(
-                type, min_confidence=min_confidence, order_by=order_by, limit=page_size,
-                page_token=token, consistency=consistency,
+                type,
+                min_confidence=min_confidence,
+                order_by=order_by,
+                limit=page_size,
+                page_token=token,
+                consistency=consistency,
             )
             yield from page.patterns
             token = page.next_page_token
@@ -142,10 +150,12 @@ class PatternStoreClient:
         *,
         expected_version: int = 0,
         create_only: bool = False,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.StorePatternResponse:
         req = r.store_request(
-            pattern, expected_version=expected_version, create_only=create_only,
+            pattern,
+            expected_version=expected_version,
+            create_only=create_only,
             durability=durability,
         )
         return self._call("StorePattern", req, pb.StorePatternResponse, expected_version != 0)
@@ -154,9 +164,11 @@ class PatternStoreClient:
         self,
         requests: Iterable[pb.StorePatternRequest | pb.Pattern],
         *,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.StorePatternsResponse:
-        items = [x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests]
+        items = [
+            x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests
+        ]
         req = pb.StorePatternsRequest(requests=items, durability=durability)
         safe = all(x.expected_version for x in items)
         return self._call("StorePatterns", req, pb.StorePatternsResponse, safe)
@@ -166,23 +178,29 @@ class PatternStoreClient:
         id: str,
         *,
         expected_version: int = 0,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.DeletePatternResponse:
-        req = pb.DeletePatternRequest(id=id, expected_version=expected_version, durability=durability)
+        req = pb.DeletePatternRequest(
+            id=id, expected_version=expected_version, durability=durability
+        )
         return self._call("DeletePattern", req, pb.DeletePatternResponse, expected_version != 0)
 
     def update_confidence(
         self,
         id: str,
-        outcome: pb.Outcome.ValueType | str,
+        outcome: pb.Outcome | str,
         *,
         weight: float = 0.0,
         observed_at: dt.datetime | float | Timestamp | None = None,
         request_id: str = "",
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.UpdateConfidenceResponse:
         req = r.update_request(
-            id, outcome, weight=weight, observed_at=observed_at, request_id=request_id,
+            id,
+            outcome,
+            weight=weight,
+            observed_at=observed_at,
+            request_id=request_id,
             durability=durability,
         )
         return self._call("UpdateConfidence", req, pb.UpdateConfidenceResponse, bool(request_id))
@@ -191,7 +209,7 @@ class PatternStoreClient:
         self,
         updates: Iterable[pb.UpdateConfidenceRequest],
         *,
-        durability: pb.Durability.ValueType = pb.DURABILITY_COMMITTED,
+        durability: pb.Durability = pb.DURABILITY_COMMITTED,
     ) -> pb.UpdateConfidenceBatchResponse:
         req = pb.UpdateConfidenceBatchRequest(updates=list(updates), durability=durability)
         safe = all(u.request_id for u in req.updates)

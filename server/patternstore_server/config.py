@@ -29,7 +29,7 @@ _T = TypeVar("_T")
 
 
 def _setting(default: _T, help: str, choices: tuple[str, ...] | None = None) -> _T:
-    return field(default=default, metadata={"help": help, "choices": choices})  # type: ignore[no-any-return]
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -39,31 +39,41 @@ class Settings:
     listen: str = _setting("127.0.0.1:50051", "gRPC address host:port; port 0 binds a free port")
     metrics_listen: str = _setting(
         "127.0.0.1:9464",
-        "Prometheus /metrics address host:port; port 0 binds a free port, empty disables it")
-    data_dir: str = _setting("./data", "directory of the database; the file is data_dir/patterns.db")
+        "Prometheus /metrics address host:port; port 0 binds a free port, empty disables it",
+    )
+    data_dir: str = _setting(
+        "./data", "directory of the database; the file is data_dir/patterns.db"
+    )
     max_batch: int = _setting(1000, "a group commit closes at this many queued writes")
     max_delay_ms: float = _setting(2.0, "... or this long after its first write, whichever first")
     queue_max: int = _setting(
-        100_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED")
+        100_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED"
+    )
     synchronous: str = _setting(
         "NORMAL",
         "SQLite synchronous: NORMAL survives a process crash (kill -9), FULL also a power loss",
-        ("NORMAL", "FULL"))
+        ("NORMAL", "FULL"),
+    )
     busy_timeout_ms: int = _setting(5000, "SQLite busy timeout of every connection")
     wal_autocheckpoint_pages: int = _setting(
-        4000, "the writer checkpoints (PASSIVE) once the WAL holds this many pages")
+        4000, "the writer checkpoints (PASSIVE) once the WAL holds this many pages"
+    )
     prior_alpha: float = _setting(1.0, "Beta prior alpha of a new pattern")
     prior_beta: float = _setting(1.0, "Beta prior beta of a new pattern")
     decay_factor: float = _setting(0.95, "evidence is multiplied by this once per decay period")
     decay_period_s: float = _setting(2_592_000.0, "decay period in seconds (30 days)")
     confidence_model: str = _setting(
-        "beta", "beta: Bayesian Beta posterior mean; ema: the original system's moving average",
-        ("beta", "ema"))
+        "beta",
+        "beta: Bayesian Beta posterior mean; ema: the original system's moving average",
+        ("beta", "ema"),
+    )
     learning_rate: float = _setting(0.1, "EMA step per unit weight (confidence_model=ema)")
     dedup_window: int = _setting(
-        100_000, "outcome request_ids remembered (and persisted) to answer retries unapplied")
+        100_000, "outcome request_ids remembered (and persisted) to answer retries unapplied"
+    )
     l1_policy: str = _setting(
-        "lru", "L1 eviction policy: adaptive (W-TinyLFU), lru or lfu", ("adaptive", "lru", "lfu"))
+        "lru", "L1 eviction policy: adaptive (W-TinyLFU), lru or lfu", ("adaptive", "lru", "lfu")
+    )
     l1_max_entries: int = _setting(100_000, "L1 cache capacity in patterns")
     l1_max_bytes: int = _setting(256 * 1024 * 1024, "L1 cache capacity in serialised bytes")
     query_threads: int = _setting(2, "threads that run QueryPatterns against SQLite")
@@ -72,8 +82,7 @@ class Settings:
 
 
 SETTINGS: tuple[Setting, ...] = tuple(
-    Setting(f.name, f.default, f.metadata["help"], f.metadata["choices"])
-    for f in fields(Settings)
+    Setting(f.name, f.default, f.metadata["help"], f.metadata["choices"]) for f in fields(Settings)
 )
 
 

@@ -122,7 +122,9 @@ class Engine:
             # Reserve this run's sequences before handing any out: a crash before the first
             # commit must not let the next run reuse them.
             with writer:
-                writer.execute(q.META_SET, ("sequence_reserved", self.last_sequence + self._queue_max))
+                writer.execute(
+                    q.META_SET, ("sequence_reserved", self.last_sequence + self._queue_max)
+                )
             for rid, pid, seq, conf in reversed(
                 list(writer.execute(q.LOAD_OUTCOME_REQUESTS, (settings.dedup_window,)))
             ):
@@ -246,7 +248,9 @@ class Engine:
         validate.check_pattern(p, field)
         current = self._current(p.id)
         if current is not None and req.create_only:
-            raise AlreadyExists(f"pattern {p.id!r} exists (version {current.version}) and create_only is set")
+            raise AlreadyExists(
+                f"pattern {p.id!r} exists (version {current.version}) and create_only is set"
+            )
         have = 0 if current is None else current.version
         if req.expected_version and req.expected_version != have:
             raise VersionConflict(
@@ -254,8 +258,13 @@ class Engine:
                 "read it again and retry"
             )
         new = pb.Pattern(
-            id=p.id, type=p.type, name=p.name, description=p.description, data=p.data,
-            embedding=p.embedding, metadata=p.metadata,
+            id=p.id,
+            type=p.type,
+            name=p.name,
+            description=p.description,
+            data=p.data,
+            embedding=p.embedding,
+            metadata=p.metadata,
         )
         if p.HasField("trajectory"):
             new.trajectory.CopyFrom(p.trajectory)
@@ -329,7 +338,9 @@ class Engine:
         await self._submit([Delete(seq, pid)], durable)
         return seq
 
-    def _check_outcome(self, u: pb.UpdateConfidenceRequest, now: int, field: str) -> tuple[float, float, int]:
+    def _check_outcome(
+        self, u: pb.UpdateConfidenceRequest, now: int, field: str
+    ) -> tuple[float, float, int]:
         """(score, weight, time in ns) of a valid outcome, else InvalidArgument."""
         validate.check_id(u.id, f"{field}id")
         score = _SCORES.get(u.outcome)

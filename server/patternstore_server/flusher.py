@@ -179,8 +179,12 @@ class GroupCommitter:
                             if op.request_id:
                                 conn.execute(
                                     q.INSERT_OUTCOME_REQUEST,
-                                    (op.request_id, op.row["id"], op.sequence,
-                                     op.row["confidence"]),
+                                    (
+                                        op.request_id,
+                                        op.row["id"],
+                                        op.sequence,
+                                        op.row["confidence"],
+                                    ),
                                 )
                         elif isinstance(op, Put):
                             conn.execute(q.UPSERT_PATTERN, op.row)

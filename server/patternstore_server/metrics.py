@@ -20,8 +20,21 @@ __all__ = ["MethodMetrics", "Metrics", "StateReading"]
 
 # 15 buckets from 50 us to 5 s: an L1 hit lands in the first few, a group commit later.
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    5.0,
 )
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
@@ -38,7 +51,9 @@ class StateReading:
     last_sequence: int
     batches: int
     items: int
-    caches: list[tuple[str, int, int, int, int, int]]  # tier, hits, misses, evictions, entries, bytes
+    caches: list[
+        tuple[str, int, int, int, int, int]
+    ]  # tier, hits, misses, evictions, entries, bytes
     database_bytes: int
     wal_bytes: int
 
@@ -70,30 +85,50 @@ class Metrics:
         labels = ("grpc_type", "grpc_service", "grpc_method")
         r = self.registry
         self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", labels, registry=r)
+            "grpc_server_started_total", "RPCs started on the server.", labels, registry=r
+        )
         self.handled = Counter(
-            "grpc_server_handled_total", "RPCs completed on the server, by status code.",
-            (*labels, "grpc_code"), registry=r)
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*labels, "grpc_code"),
+            registry=r,
+        )
         self.seconds = Histogram(
-            "grpc_server_handling_seconds", "Time from receiving an RPC to its status.",
-            labels, buckets=LATENCY_BUCKETS, registry=r)
+            "grpc_server_handling_seconds",
+            "Time from receiving an RPC to its status.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.msg_received = Counter(
-            "grpc_server_msg_received_total", "Messages received on streams and unary calls.",
-            labels, registry=r)
+            "grpc_server_msg_received_total",
+            "Messages received on streams and unary calls.",
+            labels,
+            registry=r,
+        )
         self.msg_sent = Counter(
-            "grpc_server_msg_sent_total", "Messages sent on streams and unary calls.",
-            labels, registry=r)
+            "grpc_server_msg_sent_total",
+            "Messages sent on streams and unary calls.",
+            labels,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "patternstore_batch_size", "Writes per group commit.",
-            buckets=BATCH_BUCKETS, registry=r)
+            "patternstore_batch_size", "Writes per group commit.", buckets=BATCH_BUCKETS, registry=r
+        )
         self.commit_seconds = Histogram(
-            "patternstore_commit_seconds", "Duration of one group commit transaction.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "patternstore_commit_seconds",
+            "Duration of one group commit transaction.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.rejected = Counter(
-            "patternstore_writes_rejected", "Writes refused with RESOURCE_EXHAUSTED (queue full).",
-            registry=r)
+            "patternstore_writes_rejected",
+            "Writes refused with RESOURCE_EXHAUSTED (queue full).",
+            registry=r,
+        )
         self.outcomes = Counter(
-            "patternstore_outcomes", "Outcomes applied, by result.", ("result",), registry=r)
+            "patternstore_outcomes", "Outcomes applied, by result.", ("result",), registry=r
+        )
 
     def method(self, name: str, grpc_type: str) -> MethodMetrics:
         return MethodMetrics(self, name, grpc_type)
@@ -113,14 +148,26 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         s = self._read()
-        yield _gauge("patternstore_queue_depth", "Writes accepted and not yet committed.",
-                     s.queue_depth, ("queue",), ("writes",))
-        yield _gauge("patternstore_queue_capacity", "Writes that may wait before refusal.",
-                     s.queue_capacity, ("queue",), ("writes",))
-        yield _gauge("patternstore_durable_sequence", "Highest committed write sequence.",
-                     s.durable_sequence)
-        yield _gauge("patternstore_last_sequence", "Highest accepted write sequence.",
-                     s.last_sequence)
+        yield _gauge(
+            "patternstore_queue_depth",
+            "Writes accepted and not yet committed.",
+            s.queue_depth,
+            ("queue",),
+            ("writes",),
+        )
+        yield _gauge(
+            "patternstore_queue_capacity",
+            "Writes that may wait before refusal.",
+            s.queue_capacity,
+            ("queue",),
+            ("writes",),
+        )
+        yield _gauge(
+            "patternstore_durable_sequence", "Highest committed write sequence.", s.durable_sequence
+        )
+        yield _gauge(
+            "patternstore_last_sequence", "Highest accepted write sequence.", s.last_sequence
+        )
         batches = CounterMetricFamily("patternstore_batches_flushed", "Group commits made.")
         batches.add_metric([], s.batches)
         yield batches
@@ -130,7 +177,8 @@ class _StateCollector(Collector):
         hits = CounterMetricFamily("patternstore_cache_hits", "Cache hits.", labels=["tier"])
         misses = CounterMetricFamily("patternstore_cache_misses", "Cache misses.", labels=["tier"])
         evictions = CounterMetricFamily(
-            "patternstore_cache_evictions", "Entries evicted by capacity.", labels=["tier"])
+            "patternstore_cache_evictions", "Entries evicted by capacity.", labels=["tier"]
+        )
         entries = GaugeMetricFamily("patternstore_cache_entries", "Entries held.", labels=["tier"])
         size = GaugeMetricFamily("patternstore_cache_bytes", "Bytes held.", labels=["tier"])
         for tier, h, m, e, n, b in s.caches:

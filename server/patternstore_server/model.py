@@ -16,13 +16,40 @@ __all__ = ["evidence_of", "learned_row", "pattern_row", "row_to_pattern", "set_e
 
 def row_to_pattern(row: Sequence[Any]) -> pb.Pattern:
     """Build a Pattern from a row in storage.queries.COLUMNS order."""
-    (pid, ptype, name, description, data, embedding, dims, trajectory, metadata,
-     confidence, alpha, beta, usage, success, failure,
-     created_ns, updated_ns, last_outcome_ns, version) = row[:19]
+    (
+        pid,
+        ptype,
+        name,
+        description,
+        data,
+        embedding,
+        dims,
+        trajectory,
+        metadata,
+        confidence,
+        alpha,
+        beta,
+        usage,
+        success,
+        failure,
+        created_ns,
+        updated_ns,
+        last_outcome_ns,
+        version,
+    ) = row[:19]
     p = pb.Pattern(
-        id=pid, type=ptype, name=name, description=description, data=data,
-        confidence=confidence, alpha=alpha, beta=beta, usage_count=usage,
-        success_count=success, failure_count=failure, version=version,
+        id=pid,
+        type=ptype,
+        name=name,
+        description=description,
+        data=data,
+        confidence=confidence,
+        alpha=alpha,
+        beta=beta,
+        usage_count=usage,
+        success_count=success,
+        failure_count=failure,
+        version=version,
     )
     if embedding:
         p.embedding.extend(np.frombuffer(embedding, dtype="<f4").tolist())
@@ -75,7 +102,9 @@ def learned_row(p: pb.Pattern, sequence: int) -> dict[str, Any]:
         "success_count": p.success_count,
         "failure_count": p.failure_count,
         "updated_ns": p.updated_at.ToNanoseconds(),
-        "last_outcome_ns": p.last_outcome_at.ToNanoseconds() if p.HasField("last_outcome_at") else 0,
+        "last_outcome_ns": p.last_outcome_at.ToNanoseconds()
+        if p.HasField("last_outcome_at")
+        else 0,
         "version": p.version,
         "sequence": sequence,
     }

@@ -100,7 +100,11 @@ def _decode_token(token: str, qtype: str, min_confidence: float, order: str) -> 
         body = json.loads(raw)
         value, pid = body["a"]
         same = (body["v"], body["t"], body["m"], body["o"]) == (
-            _TOKEN_VERSION, qtype, min_confidence, order)
+            _TOKEN_VERSION,
+            qtype,
+            min_confidence,
+            order,
+        )
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidArgument("page_token", "is not a token this server issued") from None
     if not same:

@@ -97,7 +97,10 @@ class PatternStoreServer:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "patternstore serving grpc=%s:%d metrics=%s db=%s",
-            host, self.port, metrics_addr, self.db_path,
+            host,
+            self.port,
+            metrics_addr,
+            self.db_path,
         )
 
     def _state(self) -> StateReading:

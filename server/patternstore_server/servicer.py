@@ -53,7 +53,7 @@ def _parse(cls: type[_M], raw: bytes) -> _M:
         raise InvalidArgument("request", f"is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
 
 
-def _durable(d: pb.Durability.ValueType) -> bool:
+def _durable(d: pb.Durability) -> bool:
     if d not in (pb.DURABILITY_UNSPECIFIED, pb.DURABILITY_COMMITTED, pb.DURABILITY_QUEUED):
         raise InvalidArgument("durability", f"unknown value {d}")
     return d != pb.DURABILITY_QUEUED
@@ -84,7 +84,7 @@ class PatternStoreServicer:
             "Flush": self.flush,
             "GetStats": self.get_stats,
         }
-        handlers: dict[str, grpc.RpcMethodHandler] = {
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             name: grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(fn, self._metrics.method(name, "unary"))
             )
@@ -226,7 +226,9 @@ class PatternStoreServicer:
         resp = pb.UpdateConfidenceBatchResponse()
         for r in results:
             if isinstance(r, OutcomeResult):
-                resp.results.add(confidence=r.confidence, sequence=r.sequence, duplicate=r.duplicate)
+                resp.results.add(
+                    confidence=r.confidence, sequence=r.sequence, duplicate=r.duplicate
+                )
             else:
                 resp.results.add(code=r.code.value[0], message=str(r))
         return resp.SerializeToString()
@@ -259,7 +261,9 @@ class PatternStoreServicer:
             index += 1
         durable = await engine.wait_durable()
         return pb.RecordOutcomesResponse(
-            accepted=accepted, not_found=not_found, duplicates=duplicates,
+            accepted=accepted,
+            not_found=not_found,
+            duplicates=duplicates,
             durable_sequence=durable,
         ).SerializeToString()
 
@@ -288,7 +292,11 @@ class PatternStoreServicer:
         s.database_bytes, s.wal_bytes = self._pool.file_sizes()
         for tier, hits, misses, evictions, entries, size in e.cache_figures():
             s.caches.add(
-                tier=tier, hits=hits, misses=misses, evictions=evictions, entries=entries,
+                tier=tier,
+                hits=hits,
+                misses=misses,
+                evictions=evictions,
+                entries=entries,
                 bytes=size,
             )
         s.queues.add(name="writes", depth=e.queue_depth, capacity=e.queue_capacity)

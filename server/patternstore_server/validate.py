@@ -66,7 +66,9 @@ def check_weight(weight: float, field: str = "weight") -> float:
     if weight == 0.0:
         return 1.0
     if not math.isfinite(weight) or weight < 0.0 or weight > MAX_WEIGHT:
-        raise InvalidArgument(field, f"must be finite with 0 < weight <= {MAX_WEIGHT:g}, got {weight}")
+        raise InvalidArgument(
+            field, f"must be finite with 0 < weight <= {MAX_WEIGHT:g}, got {weight}"
+        )
     return weight
 
 
@@ -107,9 +109,11 @@ def check_pattern(p: pb.Pattern, field: str = "pattern") -> None:
     for key, value in p.metadata.items():
         if len(key.encode()) > MAX_METADATA_KEY_BYTES:
             raise InvalidArgument(
-                f"{field}.metadata", f"key {key[:40]!r}... longer than {MAX_METADATA_KEY_BYTES} bytes"
+                f"{field}.metadata",
+                f"key {key[:40]!r}... longer than {MAX_METADATA_KEY_BYTES} bytes",
             )
         if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
             raise InvalidArgument(
-                f"{field}.metadata[{key[:40]!r}]", f"value longer than {MAX_METADATA_VALUE_BYTES} bytes"
+                f"{field}.metadata[{key[:40]!r}]",
+                f"value longer than {MAX_METADATA_VALUE_BYTES} bytes",
             )

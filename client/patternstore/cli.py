@@ -1,0 +1,241 @@
+"""``patternstore``: the command line of the client.
+
+Patterns are read and printed as JSON in protobuf's JSON mapping (field names as in the
+.proto, ``data`` as base64). For convenience ``put`` and ``import`` also accept ``data``
+as a JSON object or list, which is stored as its compact JSON text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from .client import PatternStoreClient
+from .v1 import patternstore_pb2 as pb
+
+__all__ = ["main"]
+
+_IMPORT_BATCH = 500
+
+
+def _to_json(p: pb.Pattern) -> str:
+    body = json_format.MessageToDict(p, preserving_proto_field_name=True)
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def _pattern_from(obj: Any) -> pb.Pattern:
+    if not isinstance(obj, dict):
+        raise ValueError("a pattern must be a JSON object")
+    obj = dict(obj)
+    data = obj.pop("data", None)
+    p = json_format.ParseDict(obj, pb.Pattern(), ignore_unknown_fields=False)
+    if isinstance(data, str):
+        p.MergeFrom(json_format.ParseDict({"data": data}, pb.Pattern()))
+    elif data is not None:
+        p.data = json.dumps(data, separators=(",", ":")).encode()
+    return p
+
+
+def _read_patterns(stream: TextIO) -> Iterator[pb.Pattern]:
+    """One JSON object per line, or one JSON document (an object or a list of them)."""
+    text = stream.read()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    yield _pattern_from(json.loads(line))
+                except (ValueError, json_format.ParseError) as exc:
+                    raise ValueError(f"line {n}: {exc}") from None
+        return
+    for obj in doc if isinstance(doc, list) else [doc]:
+        yield _pattern_from(obj)
+
+
+def _open_in(path: str) -> TextIO:
+    return sys.stdin if path == "-" else open(path, encoding="utf-8")
+
+
+class _Progress:
+    """A one-line counter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.count = 0
+        self.enabled = sys.stderr.isatty()
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.enabled:
+            print(f"\r{self.verb} {self.count} patterns", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def _batches(items: Iterable[pb.Pattern], size: int) -> Iterator[list[pb.Pattern]]:
+    batch: list[pb.Pattern] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _cmd_get(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    for pid in a.ids:
+        print(_to_json(c.get_pattern(pid)))
+
+
+def _cmd_put(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    with _open_in(a.file) as f:
+        patterns = list(_read_patterns(f))
+    for p in patterns:
+        r = c.store_pattern(p, expected_version=a.expected_version, create_only=a.create_only)
+        print(
+            json.dumps(
+                {"id": r.id, "version": r.version, "sequence": r.sequence, "created": r.created}
+            )
+        )
+
+
+def _cmd_update(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    r = c.update_confidence(a.id, a.outcome, weight=a.weight, request_id=a.request_id)
+    print(
+        json.dumps({"confidence": r.confidence, "sequence": r.sequence, "duplicate": r.duplicate})
+    )
+
+
+def _cmd_query(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    consistency = pb.CONSISTENCY_STRONG if a.strong else pb.CONSISTENCY_BOUNDED
+    page = c.query_patterns(
+        a.type,
+        min_confidence=a.min_confidence,
+        order_by=a.order_by,
+        limit=a.limit,
+        page_token=a.page_token,
+        consistency=consistency,
+    )
+    for p in page.patterns:
+        print(_to_json(p))
+    if page.next_page_token:
+        print(f"next page: --page-token {page.next_page_token}", file=sys.stderr)
+
+
+def _cmd_flush(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    r = c.flush()
+    print(json_format.MessageToJson(r, preserving_proto_field_name=True, indent=None))
+
+
+def _cmd_stats(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    print(json_format.MessageToJson(c.get_stats(), preserving_proto_field_name=True, indent=2))
+
+
+def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    progress = _Progress("exported")
+    out = sys.stdout if a.file == "-" else open(a.file, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for p in c.iter_patterns(a.type, order_by="recent", consistency=pb.CONSISTENCY_STRONG):
+            out.write(_to_json(p) + "\n")
+            progress.add(1)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        progress.done()
+
+
+def _cmd_import(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    progress = _Progress("imported")
+    with _open_in(a.file) as f:
+        for batch in _batches(_read_patterns(f), _IMPORT_BATCH):
+            c.store_patterns(batch)
+            progress.add(len(batch))
+    progress.done()
+    print(json.dumps({"imported": progress.count}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="patternstore", description=__doc__)
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("PATTERNSTORE_TARGET", "127.0.0.1:50051"),
+        help="server address host:port [env PATTERNSTORE_TARGET]",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("get", help="print patterns by id as JSON lines")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(run=_cmd_get)
+
+    p = sub.add_parser("put", help="store patterns from a JSON file or - for stdin")
+    p.add_argument("file", nargs="?", default="-")
+    p.add_argument("--expected-version", type=int, default=0)
+    p.add_argument("--create-only", action="store_true")
+    p.set_defaults(run=_cmd_put)
+
+    p = sub.add_parser("update", help="report an outcome for a pattern")
+    p.add_argument("id")
+    p.add_argument("outcome", choices=["success", "failure", "partial"])
+    p.add_argument("--weight", type=float, default=0.0)
+    p.add_argument("--request-id", default="", help="makes a retry safe")
+    p.set_defaults(run=_cmd_update)
+
+    p = sub.add_parser("query", help="print the top patterns as JSON lines")
+    p.add_argument("--type", default="")
+    p.add_argument("--min-confidence", type=float, default=0.0)
+    p.add_argument(
+        "--order-by", default="confidence", choices=["confidence", "usage", "recent", "lower_bound"]
+    )
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--page-token", default="")
+    p.add_argument("--strong", action="store_true", help="reflect every acknowledged write")
+    p.set_defaults(run=_cmd_query)
+
+    p = sub.add_parser("flush", help="make every queued write durable")
+    p.set_defaults(run=_cmd_flush)
+    p = sub.add_parser("stats", help="print the server's figures")
+    p.set_defaults(run=_cmd_stats)
+
+    p = sub.add_parser("export", help="write every pattern as JSON lines")
+    p.add_argument("file", nargs="?", default="-")
+    p.add_argument("--type", default="")
+    p.set_defaults(run=_cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="store patterns from JSON lines (learned fields are not"
+        " imported: the server maintains them)",
+    )
+    p.add_argument("file", nargs="?", default="-")
+    p.set_defaults(run=_cmd_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with PatternStoreClient(args.target, timeout=args.timeout) as client:
+            args.run(client, args)
+    except grpc.RpcError as exc:
+        print(f"patternstore: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, json_format.ParseError) as exc:
+        print(f"patternstore: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

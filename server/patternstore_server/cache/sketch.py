@@ -1,0 +1,121 @@
+"""A count-min sketch of 4-bit counters, halved periodically: TinyLFU's frequency
+history, which remembers keys long after they leave the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["FrequencySketch"]
+
+_DEPTH: Final = 4
+# Counters saturate at 15, as 4-bit counters do. Each sits in its own byte: Python
+# reads and writes a byte in one operation, while packing nibbles would cost shifts
+# and masks on every access; the memory (16 bytes per cache entry) does not matter.
+_MAX_COUNT: Final = 15
+# Halving every byte at once is a single C-level translate.
+_HALVE: Final = bytes(i >> 1 for i in range(256))
+# Below this many keys a Python loop beats the fixed cost of the numpy calls.
+_VECTOR_MIN: Final = 24
+
+
+def _ceil_pow2(n: int) -> int:
+    return 1 << max(n - 1, 1).bit_length()
+
+
+class FrequencySketch:
+    """Estimates how often each key was seen recently (at most 15).
+
+    Four rows of ``width`` counters; a key's four counters are taken from four
+    disjoint (or, for very large caches, barely overlapping) bit ranges of its
+    ``hash``. When the number of increments reaches ``10 * capacity`` every counter is
+    halved, so the history ages and a phase change is forgotten within a few samples.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        # Four counters per row per entry keeps collisions rare (Caffeine's density).
+        width = _ceil_pow2(max(capacity, 8) * 4)
+        bits = width.bit_length() - 1
+        self._width = width
+        self._mask = width - 1
+        # Spread the four bit ranges evenly over the 64 bits of hash().
+        step = max(1, min(bits, (64 - bits) // (_DEPTH - 1)))
+        self._s1, self._s2, self._s3 = step, 2 * step, 3 * step
+        self._o1, self._o2, self._o3 = width, 2 * width, 3 * width
+        self._table = bytearray(_DEPTH * width)
+        # numpy view of the same memory, for batched increments.
+        self._view: npt.NDArray[np.uint8] = np.frombuffer(self._table, dtype=np.uint8)
+        self._shifts = np.array([0, step, 2 * step, 3 * step], dtype=np.int64)
+        self._offsets = np.array([0, width, 2 * width, 3 * width], dtype=np.int64)
+        self.sample_size = 10 * max(capacity, 1)
+        self._additions = 0
+
+    def frequency(self, key: str) -> int:
+        """The estimated count for ``key`` (the minimum of its four counters)."""
+        h = hash(key)
+        m = self._mask
+        t = self._table
+        f = t[h & m]
+        c = t[((h >> self._s1) & m) | self._o1]
+        if c < f:
+            f = c
+        c = t[((h >> self._s2) & m) | self._o2]
+        if c < f:
+            f = c
+        c = t[((h >> self._s3) & m) | self._o3]
+        if c < f:
+            f = c
+        return f
+
+    def increment(self, key: str) -> None:
+        """Count one access to ``key``."""
+        h = hash(key)
+        m = self._mask
+        t = self._table
+        i = h & m
+        if t[i] < _MAX_COUNT:
+            t[i] += 1
+        i = ((h >> self._s1) & m) | self._o1
+        if t[i] < _MAX_COUNT:
+            t[i] += 1
+        i = ((h >> self._s2) & m) | self._o2
+        if t[i] < _MAX_COUNT:
+            t[i] += 1
+        i = ((h >> self._s3) & m) | self._o3
+        if t[i] < _MAX_COUNT:
+            t[i] += 1
+        self._additions += 1
+        if self._additions >= self.sample_size:
+            self._halve()
+
+    def increment_many(self, keys: Sequence[str]) -> None:
+        """Count one access to each of ``keys`` (duplicates count each time)."""
+        n = len(keys)
+        if n < _VECTOR_MIN:
+            for key in keys:
+                self.increment(key)
+            return
+        hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
+        index = ((hashes[:, None] >> self._shifts) & self._mask) | self._offsets
+        flat = index.ravel()
+        view = self._view
+        # add.at adds once per occurrence; a batch is far below 240 keys, so a uint8
+        # counter (at most 15 before) cannot wrap before it is clamped back to 15.
+        np.add.at(view, flat, 1)
+        view[flat] = np.minimum(view[flat], _MAX_COUNT)
+        self._additions += n
+        if self._additions >= self.sample_size:
+            self._halve()
+
+    def _halve(self) -> None:
+        # In place, so the numpy view stays valid.
+        self._table[:] = self._table.translate(_HALVE)
+        self._additions //= 2
+
+    def clear(self) -> None:
+        """Forget every count."""
+        self._view[:] = 0
+        self._additions = 0

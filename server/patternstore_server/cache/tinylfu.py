@@ -1,0 +1,246 @@
+"""W-TinyLFU with a hill-climbed window: the "adaptive" L1 policy."""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from typing import ClassVar
+
+from .base import Cache, EvictHook, SizeOf
+from .sketch import FrequencySketch
+
+__all__ = ["TinyLFUCache"]
+
+
+class TinyLFUCache(Cache):
+    """An LRU admission window in front of a segmented LRU main region.
+
+    New keys enter the window. The window's oldest key, when pushed out, becomes a
+    *candidate* for the main region's probation segment; it is kept only if the
+    frequency sketch says it was seen more often than the probation segment's oldest
+    key (the *victim*), otherwise the candidate itself is evicted. A hit in probation
+    promotes the key to the protected segment. The window's share is moved by a hill
+    climber on the hit rate of each sample.
+    """
+
+    initial_window: ClassVar[float] = 0.01
+    protected_share: ClassVar[float] = 0.8
+    climb_step: ClassVar[float] = 0.0625
+    climb_decay: ClassVar[float] = 0.98
+    climb_restart: ClassVar[float] = 0.05
+    sample_factor: ClassVar[float] = 10.0
+    hashdos_min: ClassVar[int] = 6
+    ghost_share: ClassVar[float] = 0.0
+    ghost_step: ClassVar[float] = 1.0
+    climb: ClassVar[bool] = True
+    ghost_ratio: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        maxsize: int,
+        max_bytes: int | None = None,
+        getsizeof: SizeOf | None = None,
+        on_evict: EvictHook | None = None,
+        *,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(maxsize, max_bytes, getsizeof, on_evict)
+        self._window: OrderedDict[str, None] = OrderedDict()
+        self._probation: OrderedDict[str, None] = OrderedDict()
+        self._protected: OrderedDict[str, None] = OrderedDict()
+        self._sketch = FrequencySketch(maxsize)
+        self._candidate: str | None = None
+        self._window_target = maxsize * self.initial_window
+        self._window_max = 0
+        self._protected_max = 0
+        self._set_limits()
+        self._sample_size = max(1, int(self.sample_factor * maxsize))
+        self._sample_hits = 0
+        self._sample_misses = 0
+        self._prev_hit_rate = 0.0
+        self._step = -self.climb_step * maxsize
+        # Seeded: the only randomness is the rare admission of a frequent candidate
+        # that ties, which must not make replays differ from run to run.
+        self._rng = random.Random(seed)
+        self._ghost_size = int(self.ghost_share * maxsize)
+        self._rejected: OrderedDict[str, None] = OrderedDict()
+        self._victims: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def window_size(self) -> int:
+        """The admission window's current limit in entries (for the metrics)."""
+        return self._window_max
+
+    # -- policy hooks ----------------------------------------------------------------
+
+    def _apply_reads(self, keys: list[str]) -> None:
+        self._sketch.increment_many(keys)
+        window = self._window
+        protected = self._protected
+        probation = self._probation
+        for key in keys:
+            if key in protected:
+                protected.move_to_end(key)
+            elif key in window:
+                window.move_to_end(key)
+            elif key in probation:
+                self._promote(key)
+        self._sample_hits += len(keys)
+        if self._sample_hits + self._sample_misses >= self._sample_size and self.climb:
+            self._climb()
+
+    def _on_insert(self, key: str) -> None:
+        # A candidate only faces victims in the write that pushed it out of the window.
+        self._candidate = None
+        self._sketch.increment(key)
+        self._sample_misses += 1
+        if self._sample_hits + self._sample_misses >= self._sample_size and self.climb:
+            self._climb()
+        if self._ghost_size:
+            if key in self._rejected:
+                step = self.ghost_step
+                if self.ghost_ratio:
+                    step *= max(1.0, len(self._victims) / len(self._rejected))
+                del self._rejected[key]
+                self._nudge(step)
+            elif key in self._victims:
+                step = self.ghost_step
+                if self.ghost_ratio:
+                    step *= max(1.0, len(self._rejected) / len(self._victims))
+                del self._victims[key]
+                self._nudge(-step)
+        window = self._window
+        window[key] = None
+        if len(window) > self._window_max:
+            candidate = next(iter(window))
+            del window[candidate]
+            self._probation[candidate] = None
+            self._candidate = candidate
+
+    def _on_update(self, key: str) -> None:
+        self._candidate = None
+        self._sketch.increment(key)
+        self._touch(key)
+
+    def _on_delete(self, key: str) -> None:
+        if self._candidate == key:
+            self._candidate = None
+        for region in (self._window, self._probation, self._protected):
+            if key in region:
+                del region[key]
+                return
+
+    def _victim(self) -> str:
+        probation = self._probation
+        candidate = self._candidate
+        if candidate is not None:
+            victim: str | None = next(iter(probation))
+            if victim == candidate:
+                victim = next(iter(self._protected), None)
+            if victim is None or not self._admit(candidate, victim):
+                self._candidate = None
+                del probation[candidate]
+                if self._ghost_size:
+                    self._remember(self._rejected, candidate)
+                return candidate
+            # The candidate stays and faces the next victim if more must go.
+            if self._ghost_size:
+                self._remember(self._victims, victim)
+            if victim in probation:
+                del probation[victim]
+            else:
+                del self._protected[victim]
+            return victim
+        if probation:
+            key = probation.popitem(last=False)[0]
+        elif self._protected:
+            key = self._protected.popitem(last=False)[0]
+        else:
+            return self._window.popitem(last=False)[0]
+        if self._ghost_size:
+            self._remember(self._victims, key)
+        return key
+
+    def _on_clear(self) -> None:
+        self._window.clear()
+        self._probation.clear()
+        self._protected.clear()
+        self._candidate = None
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _touch(self, key: str) -> None:
+        if key in self._protected:
+            self._protected.move_to_end(key)
+        elif key in self._window:
+            self._window.move_to_end(key)
+        elif key in self._probation:
+            self._promote(key)
+
+    def _promote(self, key: str) -> None:
+        del self._probation[key]
+        protected = self._protected
+        protected[key] = None
+        if len(protected) > self._protected_max:
+            demoted = next(iter(protected))
+            del protected[demoted]
+            self._probation[demoted] = None
+
+    def _admit(self, candidate: str, victim: str) -> bool:
+        sketch = self._sketch
+        candidate_freq = sketch.frequency(candidate)
+        victim_freq = sketch.frequency(victim)
+        if candidate_freq > victim_freq:
+            return True
+        # A frequent candidate that loses may be an attacker's collision on the
+        # victim's counters (Caffeine's hash-flooding guard): admit one in 128.
+        return candidate_freq >= self.hashdos_min and self._rng.random() < 1 / 128
+
+    def _set_limits(self) -> None:
+        maxsize = self._maxsize
+        self._window_max = min(maxsize, max(0, round(self._window_target)))
+        self._protected_max = int(self.protected_share * (maxsize - self._window_max))
+
+    def _remember(self, ghost: OrderedDict[str, None], key: str) -> None:
+        ghost[key] = None
+        if len(ghost) > self._ghost_size:
+            del ghost[next(iter(ghost))]
+
+    def _nudge(self, amount: float) -> None:
+        target = min(float(self._maxsize), max(0.0, self._window_target + amount))
+        self._window_target = target
+        self._set_limits()
+        self._rebalance()
+
+    def _climb(self) -> None:
+        """One step of Caffeine's hill climber on the last sample's hit rate."""
+        requests = self._sample_hits + self._sample_misses
+        hit_rate = self._sample_hits / requests
+        change = hit_rate - self._prev_hit_rate
+        amount = self._step if change >= 0 else -self._step
+        if abs(change) >= self.climb_restart:
+            sign = 1.0 if amount >= 0 else -1.0
+            self._step = sign * self.climb_step * self._maxsize
+        else:
+            self._step = self.climb_decay * amount
+        self._prev_hit_rate = hit_rate
+        self._sample_hits = 0
+        self._sample_misses = 0
+        self._window_target = min(float(self._maxsize), max(0.0, self._window_target + amount))
+        self._set_limits()
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Push excess out of a shrunken window and protected segment into probation;
+        a grown window fills from new keys while the main region gives up victims."""
+        window = self._window
+        probation = self._probation
+        while len(window) > self._window_max:
+            key = next(iter(window))
+            del window[key]
+            probation[key] = None
+        protected = self._protected
+        while len(protected) > self._protected_max:
+            key = next(iter(protected))
+            del protected[key]
+            probation[key] = None

@@ -1,0 +1,62 @@
+"""The `patternstore` command line against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import RunningServer
+
+
+def _cli(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "patternstore.cli", "--target", server.target, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_put_get_update_query_flush_stats(server: RunningServer) -> None:
+    doc = {
+        "id": "p1",
+        "type": "plan",
+        "name": "n",
+        "data": {"steps": ["a", "b"]},
+        "metadata": {"k": "v"},
+    }
+    r = _cli(server, "put", stdin=json.dumps(doc))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["created"] is True
+    got = json.loads(_cli(server, "get", "p1").stdout)
+    assert got["metadata"] == {"k": "v"} and got["type"] == "plan"
+    r = _cli(server, "update", "p1", "success", "--request-id", "x")
+    assert json.loads(r.stdout)["confidence"] == 2 / 3
+    lines = _cli(server, "query", "--type", "plan", "--strong").stdout.splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ["p1"]
+    assert "durable_sequence" in _cli(server, "flush").stdout
+    assert json.loads(_cli(server, "stats").stdout)["patterns"] == "1"  # int64 is a JSON string
+
+
+def test_errors_are_one_line_with_the_status(server: RunningServer) -> None:
+    r = _cli(server, "get", "missing")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "patternstore: NOT_FOUND: pattern 'missing' does not exist"
+
+
+def test_export_then_import_round_trips(server: RunningServer, tmp_path: Path) -> None:
+    lines = "\n".join(
+        json.dumps({"id": f"p{i}", "type": "t", "data": {"i": i}}) for i in range(1200)
+    )
+    r = _cli(server, "import", stdin=lines)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"imported": 1200}
+    out = tmp_path / "export.jsonl"
+    assert _cli(server, "export", str(out)).returncode == 0
+    exported = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["id"] for x in exported) == sorted(f"p{i}" for i in range(1200))
+    r = _cli(server, "import", str(out))
+    assert json.loads(r.stdout) == {"imported": 1200}

@@ -1,0 +1,124 @@
+"""The confidence model: worked examples by hand, and batches equal one-by-one (Hypothesis)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from patternstore import ORDER_BY_LOWER_BOUND, Pattern, PatternStoreClient, update_request
+from patternstore_server.confidence import Evidence, ModelParams, apply_outcome, lower_bound
+
+from .conftest import FakeClock, RunningServer, make_settings
+
+DAY = 86_400
+PERIOD = 30 * DAY
+
+
+def _ts(seconds: float) -> Timestamp:
+    return Timestamp(seconds=int(seconds))
+
+
+def test_worked_example_beta(client: PatternStoreClient, clock: FakeClock) -> None:
+    client.store_pattern(Pattern(id="p", type="plan"))
+    t0 = clock.now_ns // 10**9 - 3 * PERIOD
+    r = client.update_confidence("p", "success", observed_at=_ts(t0))
+    assert r.confidence == pytest.approx(2 / 3, abs=1e-12)
+    # 30 days later: evidence above the prior decays by 0.95, then a weight-2 failure.
+    r = client.update_confidence("p", "failure", weight=2, observed_at=_ts(t0 + PERIOD))
+    assert abs(r.confidence - 0.3939393939393939) < 1e-12  # 1.95 / 4.95
+    r = client.update_confidence("p", "partial", weight=0.5, observed_at=_ts(t0 + 2 * PERIOD))
+    assert abs(r.confidence - 0.4059405940594059) < 1e-12  # 2.1525 / 5.3025
+    p = client.get_pattern("p")
+    assert abs(p.alpha - 2.1525) < 1e-12 and abs(p.beta - 3.15) < 1e-12
+    assert (p.usage_count, p.success_count, p.failure_count) == (3, 1, 1)
+    assert p.last_outcome_at.seconds == t0 + 2 * PERIOD
+    # An outcome observed before the last one does not decay (dt = max(0, ...)) and does
+    # not move last_outcome_at back.
+    r = client.update_confidence("p", "success", observed_at=_ts(t0))
+    assert abs(client.get_pattern("p").alpha - 3.1525) < 1e-12
+    assert client.get_pattern("p").last_outcome_at.seconds == t0 + 2 * PERIOD
+
+
+def test_lower_bound_worked_example() -> None:
+    assert abs(lower_bound(2.0, 1.0, 2 / 3) - 0.27897094877444206) < 1e-15
+    assert lower_bound(1.0, 50.0, 1 / 51) == 0.0  # clamped at zero
+
+
+def test_lower_bound_ordering_prefers_evidence(client: PatternStoreClient) -> None:
+    client.store_patterns([Pattern(id="lucky", type="t"), Pattern(id="proven", type="t")])
+    client.update_confidence_batch([update_request("lucky", "success")] * 2)  # 0.75 on two
+    client.update_confidence_batch(
+        [update_request("proven", "success")] * 30 + [update_request("proven", "failure")] * 10
+    )
+    conf = [p.id for p in client.query_patterns("t").patterns]
+    lb = [p.id for p in client.query_patterns("t", order_by=ORDER_BY_LOWER_BOUND).patterns]
+    assert conf == ["lucky", "proven"]  # 0.75 > 31/42
+    assert lb == ["proven", "lucky"]
+
+
+def test_worked_example_ema(start_server: object, clock: FakeClock) -> None:
+    srv = start_server(clock, confidence_model="ema")  # type: ignore[operator]
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="p", type="plan"))
+        t0 = clock.now_ns // 10**9 - 2 * PERIOD
+        assert (
+            abs(c.update_confidence("p", "success", observed_at=_ts(t0)).confidence - 0.55) < 1e-12
+        )
+        r = c.update_confidence("p", "failure", weight=2, observed_at=_ts(t0 + PERIOD))
+        assert abs(r.confidence - 0.438) < 1e-12  # 0.5 + 0.05*0.95 = 0.5475; -0.2*0.5475
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data: Path = tmp_path_factory.mktemp("hyp") / "data"
+    srv = RunningServer(make_settings(data), time.time_ns)
+    yield srv
+    srv.stop()
+
+
+_ids = itertools.count()
+outcomes = st.lists(
+    st.tuples(
+        st.sampled_from(["success", "failure", "partial"]),
+        st.one_of(st.just(0.0), st.floats(min_value=1e-6, max_value=1e6)),
+        st.integers(min_value=0, max_value=4 * PERIOD),  # observed this long after a base
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(outcomes=outcomes)
+def test_a_batch_equals_one_at_a_time(
+    shared_server: RunningServer, outcomes: list[tuple[str, float, int]]
+) -> None:
+    base = time.time() - 5 * PERIOD
+    n = next(_ids)
+    batched, single = f"batched-{n}", f"single-{n}"
+    with PatternStoreClient(shared_server.target) as c:
+        c.store_patterns([Pattern(id=batched, type="h"), Pattern(id=single, type="h")])
+        reqs = [(o, w, _ts(base + dt)) for o, w, dt in outcomes]
+        batch = c.update_confidence_batch(
+            [update_request(batched, o, weight=w, observed_at=t) for o, w, t in reqs]
+        )
+        one_by_one = [c.update_confidence(single, o, weight=w, observed_at=t) for o, w, t in reqs]
+        assert [r.confidence for r in batch.results] == [r.confidence for r in one_by_one]
+        a, b = c.get_pattern(batched), c.get_pattern(single)
+    for field in ("alpha", "beta", "confidence", "usage_count", "success_count", "failure_count"):
+        assert getattr(a, field) == getattr(b, field), field  # bit-identical, not approximately
+    # And both equal the model applied in order in this process.
+    p = ModelParams()
+    e = Evidence(1.0, 1.0, 0.5)
+    for o, w, t in reqs:
+        score = {"success": 1.0, "failure": 0.0, "partial": 0.5}[o]
+        e = apply_outcome(e, score, w or 1.0, t.ToNanoseconds(), p)
+    assert (a.alpha, a.beta, a.confidence) == (e.alpha, e.beta, e.confidence)

@@ -1,0 +1,219 @@
+"""Every input rule: a bad request gets INVALID_ARGUMENT naming the field, and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from patternstore import Pattern, PatternStoreClient, Trajectory, update_request
+from patternstore.v1 import patternstore_pb2 as pb
+
+from .conftest import FakeClock, RunningServer
+
+OK = Pattern(id="ok", type="plan", data=b"{}")
+
+
+def _with(**kw: Any) -> Pattern:
+    p = Pattern()
+    p.CopyFrom(OK)
+    for k, v in kw.items():
+        if k == "trajectory":
+            p.trajectory.CopyFrom(v)
+        elif k == "metadata":
+            p.metadata.update(v)
+        elif k == "embedding":
+            p.embedding.extend(v)
+        else:
+            setattr(p, k, v)
+    return p
+
+
+BAD_STORES: list[tuple[str, Pattern, str]] = [
+    ("id too long", _with(id="x" * 257), "pattern.id"),
+    ("id too long in bytes", _with(id="é" * 129), "pattern.id"),
+    ("id with control char", _with(id="a\nb"), "pattern.id"),
+    ("id with C1 control char", _with(id="a\x85b"), "pattern.id"),
+    ("type empty", _with(type=""), "pattern.type"),
+    ("type upper case", _with(type="Plan"), "pattern.type"),
+    ("type too long", _with(type="a" * 65), "pattern.type"),
+    ("type with space", _with(type="a b"), "pattern.type"),
+    ("data over 1 MiB", _with(data=b"x" * (1024 * 1024 + 1)), "pattern.data"),
+    ("embedding too long", _with(embedding=[0.0] * 4097), "pattern.embedding"),
+    ("embedding NaN", _with(embedding=[0.0, float("nan")]), "pattern.embedding"),
+    ("embedding inf", _with(embedding=[float("inf")]), "pattern.embedding"),
+    (
+        "trajectory no dims",
+        _with(trajectory=Trajectory(dims=0, values=[1.0])),
+        "pattern.trajectory.dims",
+    ),
+    (
+        "trajectory ragged",
+        _with(trajectory=Trajectory(dims=3, values=[1.0] * 4)),
+        "pattern.trajectory.values",
+    ),
+    (
+        "trajectory NaN",
+        _with(trajectory=Trajectory(dims=1, values=[float("nan")])),
+        "pattern.trajectory.values",
+    ),
+    (
+        "trajectory too long",
+        _with(trajectory=Trajectory(dims=1, values=[0.0] * 1_000_001)),
+        "pattern.trajectory.values",
+    ),
+    ("metadata too many", _with(metadata={str(i): "v" for i in range(65)}), "pattern.metadata"),
+    ("metadata key too long", _with(metadata={"k" * 129: "v"}), "pattern.metadata"),
+    ("metadata value too long", _with(metadata={"k": "v" * 4097}), "pattern.metadata"),
+]
+
+
+@pytest.mark.parametrize(("case", "pattern", "field"), BAD_STORES, ids=[c[0] for c in BAD_STORES])
+def test_bad_store_is_refused_and_changes_nothing(
+    client: PatternStoreClient, case: str, pattern: Pattern, field: str
+) -> None:
+    before = client.get_stats().last_sequence
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_pattern(pattern)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert exc.value.details().startswith(field)  # type: ignore[attr-defined]
+    after = client.get_stats()
+    assert after.last_sequence == before and after.patterns == 0
+    assert client.store_pattern(OK).created  # and the server keeps serving
+
+
+def test_limits_at_the_edge_are_accepted(client: PatternStoreClient) -> None:
+    edge = _with(
+        id="é" * 128,
+        type="a" * 64,
+        data=b"x" * (1024 * 1024),
+        embedding=[1.0] * 4096,
+        trajectory=Trajectory(dims=4, values=[0.5] * 1_000_000),
+        metadata={f"{i:0128d}": "v" * 4096 for i in range(64)},
+    )
+    client.store_pattern(edge)
+    got = client.get_pattern(edge.id)
+    assert got.trajectory == edge.trajectory and got.metadata == edge.metadata
+
+
+def _call(client: PatternStoreClient, name: str, request: Any) -> Any:
+    return client._unary[name](request, timeout=10)
+
+
+NOW_S = FakeClock().now_ns // 10**9
+BAD_UPDATES: list[tuple[str, pb.UpdateConfidenceRequest, str]] = [
+    ("no outcome", pb.UpdateConfidenceRequest(id="ok"), "outcome"),
+    ("unknown outcome", pb.UpdateConfidenceRequest(id="ok", outcome=9), "outcome"),  # type: ignore[arg-type]
+    ("negative weight", update_request("ok", "success", weight=-1), "weight"),
+    ("NaN weight", update_request("ok", "success", weight=float("nan")), "weight"),
+    ("inf weight", update_request("ok", "success", weight=float("inf")), "weight"),
+    ("weight too big", update_request("ok", "success", weight=1e6 + 1), "weight"),
+    (
+        "from the future",
+        update_request("ok", "success", observed_at=Timestamp(seconds=NOW_S + 301)),
+        "observed_at",
+    ),
+    (
+        "bad nanos",
+        update_request("ok", "success", observed_at=Timestamp(seconds=NOW_S, nanos=-1)),
+        "observed_at",
+    ),
+    ("empty id", update_request("", "success"), "id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_", "field"), BAD_UPDATES, ids=[c[0] for c in BAD_UPDATES]
+)
+def test_bad_update_is_refused_and_changes_nothing(
+    client: PatternStoreClient, case: str, request_: pb.UpdateConfidenceRequest, field: str
+) -> None:
+    client.store_pattern(OK)
+    with pytest.raises(grpc.RpcError) as exc:
+        _call(client, "UpdateConfidence", request_)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert exc.value.details().startswith(field)  # type: ignore[attr-defined]
+    assert client.get_pattern("ok").version == 1
+    batch = client.update_confidence_batch([request_])
+    assert batch.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert batch.results[0].message.startswith(f"updates[0].{field}")
+    assert client.get_pattern("ok").version == 1
+
+
+def test_update_at_the_edges_is_accepted(client: PatternStoreClient) -> None:
+    client.store_pattern(OK)
+    client.update_confidence("ok", "success", weight=1e6)
+    client.update_confidence("ok", "failure", observed_at=Timestamp(seconds=NOW_S + 300))
+    assert client.get_pattern("ok").usage_count == 2
+
+
+TOO_MANY: list[tuple[str, str, Callable[[], Any]]] = [
+    ("GetPatterns", "ids", lambda: pb.GetPatternsRequest(ids=["a"] * 1001)),
+    (
+        "StorePatterns",
+        "requests",
+        lambda: pb.StorePatternsRequest(
+            requests=[
+                pb.StorePatternRequest(pattern=Pattern(id=f"p{i}", type="t")) for i in range(1001)
+            ]
+        ),
+    ),
+    (
+        "UpdateConfidenceBatch",
+        "updates",
+        lambda: pb.UpdateConfidenceBatchRequest(updates=[update_request("ok", "success")] * 10_001),
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "field", "build"), TOO_MANY, ids=[t[0] for t in TOO_MANY])
+def test_too_many_items_is_refused(
+    client: PatternStoreClient, method: str, field: str, build: Callable[[], Any]
+) -> None:
+    client.store_pattern(OK)
+    with pytest.raises(grpc.RpcError) as exc:
+        _call(client, method, build())
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert exc.value.details().startswith(field)  # type: ignore[attr-defined]
+    assert client.get_pattern("ok").version == 1
+    assert client.get_stats().patterns == 1
+
+
+def test_bad_query_arguments(client: PatternStoreClient) -> None:
+    for req, field in [
+        (pb.QueryPatternsRequest(type="Bad Type"), "type"),
+        (pb.QueryPatternsRequest(min_confidence=float("nan")), "min_confidence"),
+        (pb.QueryPatternsRequest(order_by=42), "order_by"),  # type: ignore[arg-type]
+        (pb.QueryPatternsRequest(page_token="%%%"), "page_token"),
+    ]:
+        with pytest.raises(grpc.RpcError) as exc:
+            _call(client, "QueryPatterns", req)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert exc.value.details().startswith(field)  # type: ignore[attr-defined]
+
+
+def test_undecodable_message_is_invalid_argument(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    with grpc.insecure_channel(server.target) as ch:
+        raw = ch.unary_unary("/patternstore.v1.PatternStore/StorePattern")
+        # A string field holding invalid UTF-8: protobuf refuses to parse it.
+        with pytest.raises(grpc.RpcError) as exc:
+            raw(b"\x0a\x04\x0a\x02\xff\xfe", timeout=5)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert client.store_pattern(OK).created
+
+
+def test_queue_full_is_resource_exhausted(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, queue_max=3, max_delay_ms=500.0, max_batch=1000)
+    with PatternStoreClient(srv.target) as c:
+        for i in range(3):
+            c.store_pattern(Pattern(id=f"p{i}", type="t"), durability=pb.DURABILITY_QUEUED)
+        with pytest.raises(grpc.RpcError) as exc:
+            c.store_pattern(Pattern(id="p4", type="t"), durability=pb.DURABILITY_QUEUED)
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "Flush" in exc.value.details()  # type: ignore[attr-defined]
+        c.flush()
+        assert c.store_pattern(Pattern(id="p4", type="t")).created

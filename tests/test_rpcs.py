@@ -1,0 +1,342 @@
+"""Every RPC end to end through the real client, a real server and a real SQLite file."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from patternstore import (
+    CONSISTENCY_STRONG,
+    DURABILITY_QUEUED,
+    Pattern,
+    PatternStoreClient,
+    StorePatternRequest,
+    Trajectory,
+    update_request,
+)
+
+from .conftest import FakeClock, RunningServer
+
+
+def _pattern(pid: str, ptype: str = "plan", **kw: object) -> Pattern:
+    fields: dict[str, object] = {"name": f"name {pid}", "data": b'{"steps":[1,2]}'}
+    fields.update(kw)
+    return Pattern(id=pid, type=ptype, **fields)  # type: ignore[arg-type]
+
+
+def _code(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc.value.code()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_store_then_get_round_trips_every_caller_field(client: PatternStoreClient) -> None:
+    sent = Pattern(
+        id="p-1",
+        type="tool.use",
+        name="grep first",
+        description="search before edit",
+        data=bytes(range(256)),
+        embedding=[0.25, -1.5, 3.0],
+        trajectory=Trajectory(dims=2, values=[0.1, 0.2, 0.3, -0.0]),
+        metadata={"task": "refactor", "lang": "py"},
+        # Server-maintained fields are ignored on store.
+        confidence=0.99,
+        alpha=50,
+        usage_count=7,
+        version=42,
+    )
+    r = client.store_pattern(sent)
+    assert (r.id, r.version, r.created) == ("p-1", 1, True)
+    assert r.sequence > 0
+    got = client.get_pattern("p-1")
+    for field in ("id", "type", "name", "description", "data", "embedding", "metadata"):
+        assert getattr(got, field) == getattr(sent, field), field
+    assert got.trajectory == sent.trajectory
+    assert (got.confidence, got.alpha, got.beta, got.usage_count, got.version) == (0.5, 1, 1, 0, 1)
+    assert got.created_at == got.updated_at
+    assert not got.HasField("last_outcome_at")
+
+
+def test_get_missing_is_not_found(client: PatternStoreClient) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        client.get_pattern("nope")
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    assert "nope" in exc.value.details()  # type: ignore[attr-defined]
+
+
+def test_get_patterns_keeps_request_order_and_lists_missing(client: PatternStoreClient) -> None:
+    client.store_patterns([_pattern("a"), _pattern("b"), _pattern("c")])
+    client.get_pattern("b")  # one from the cache, the rest from SQLite
+    r = client.get_patterns(["c", "x", "a", "b", "y", "c"])
+    assert [p.id for p in r.patterns] == ["c", "a", "b", "c"]
+    assert list(r.missing_ids) == ["x", "y"]
+
+
+def test_update_keeps_learned_fields_and_bumps_version(
+    client: PatternStoreClient, clock: FakeClock
+) -> None:
+    client.store_pattern(_pattern("p"))
+    created = client.get_pattern("p").created_at
+    client.update_confidence("p", "success")
+    clock.advance(10)
+    r = client.store_pattern(_pattern("p", name="renamed"))
+    assert (r.version, r.created) == (3, False)
+    got = client.get_pattern("p")
+    assert got.name == "renamed"
+    assert (got.alpha, got.beta, got.usage_count, got.success_count) == (2.0, 1.0, 1, 1)
+    assert got.created_at == created
+    assert got.updated_at.ToNanoseconds() == created.ToNanoseconds() + 10 * 10**9
+
+
+def test_expected_version_and_create_only(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("p"))
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_pattern(_pattern("p"), expected_version=5)
+    assert _code(exc) == grpc.StatusCode.ABORTED
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_pattern(_pattern("p"), create_only=True)
+    assert _code(exc) == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_pattern(_pattern("new"), expected_version=1)
+    assert _code(exc) == grpc.StatusCode.ABORTED
+    assert client.store_pattern(_pattern("p"), expected_version=1).version == 2
+    assert client.get_pattern("p").version == 2
+
+
+def test_empty_id_gets_one_assigned(client: PatternStoreClient) -> None:
+    r = client.store_pattern(Pattern(type="plan"))
+    assert len(r.id) == 32
+    assert client.get_pattern(r.id).type == "plan"
+
+
+def test_store_patterns_is_atomic(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("keep"))
+    items = [
+        StorePatternRequest(pattern=_pattern("n1")),
+        StorePatternRequest(pattern=_pattern("keep"), expected_version=9),
+        StorePatternRequest(pattern=_pattern("n2")),
+    ]
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_patterns(items)
+    assert _code(exc) == grpc.StatusCode.ABORTED
+    assert "item 1" in exc.value.details()  # type: ignore[attr-defined]
+    assert list(client.get_patterns(["n1", "n2"]).missing_ids) == ["n1", "n2"]
+    assert client.get_pattern("keep").version == 1
+    # The same id twice in one call: the second sees the first.
+    r = client.store_patterns(
+        [_pattern("d"), StorePatternRequest(pattern=_pattern("d"), expected_version=1)]
+    )
+    assert [x.version for x in r.results] == [1, 2]
+    assert [x.sequence for x in r.results] == sorted(x.sequence for x in r.results)
+
+
+def test_delete(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("p"))
+    with pytest.raises(grpc.RpcError) as exc:
+        client.delete_pattern("p", expected_version=3)
+    assert _code(exc) == grpc.StatusCode.ABORTED
+    assert client.delete_pattern("p", expected_version=1).sequence > 0
+    with pytest.raises(grpc.RpcError) as exc:
+        client.get_pattern("p")
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as exc:
+        client.delete_pattern("p")
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+
+
+def test_update_confidence_and_duplicates(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("p"))
+    r1 = client.update_confidence("p", "success", request_id="req-1")
+    assert r1.confidence == 2 / 3 and not r1.duplicate
+    again = client.update_confidence("p", "success", request_id="req-1")
+    assert again.duplicate and again.sequence == r1.sequence and again.confidence == r1.confidence
+    assert client.get_pattern("p").usage_count == 1
+    with pytest.raises(grpc.RpcError) as exc:
+        client.update_confidence("missing", "success")
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_pattern(_pattern("q"))
+        client.update_confidence("q", "failure", request_id="req-1")
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_update_confidence_batch_fails_items_alone(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("p"))
+    r = client.update_confidence_batch(
+        [
+            update_request("p", "success"),
+            update_request("ghost", "success"),
+            update_request("p", "failure", weight=-1),
+            update_request("p", "partial"),
+        ]
+    )
+    codes = [x.code for x in r.results]
+    assert codes == [
+        0,
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        0,
+    ]
+    assert "ghost" in r.results[1].message and "weight" in r.results[2].message
+    got = client.get_pattern("p")
+    assert (got.usage_count, got.alpha, got.beta) == (2, 2.5, 1.5)
+    assert r.results[3].confidence == got.confidence
+
+
+def test_record_outcomes_stream(client: PatternStoreClient) -> None:
+    client.store_patterns([_pattern("a"), _pattern("b")])
+    updates = [
+        update_request("a", "success", request_id="r1"),
+        update_request("b", "failure"),
+        update_request("zz", "success"),
+        update_request("a", "success", request_id="r1"),
+    ]
+    r = client.record_outcomes(updates)
+    assert (r.accepted, r.not_found, r.duplicates) == (2, 1, 1)
+    assert r.durable_sequence >= client.get_stats().last_sequence
+    assert client.get_pattern("a").usage_count == 1
+
+
+def test_record_outcomes_refuses_bad_message_with_its_index(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("a"))
+    with pytest.raises(grpc.RpcError) as exc:
+        client.record_outcomes(
+            [update_request("a", "success"), update_request("a", "success", weight=float("nan"))]
+        )
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message 1" in exc.value.details()  # type: ignore[attr-defined]
+    assert client.get_pattern("a").usage_count == 1
+
+
+def test_query_orderings_ties_and_filters(client: PatternStoreClient, clock: FakeClock) -> None:
+    for pid in ["c", "a", "b", "d"]:
+        clock.advance(1)
+        client.store_pattern(_pattern(pid, ptype="x" if pid != "d" else "y"))
+    client.update_confidence("b", "success")
+    client.update_confidence("b", "success")
+    clock.advance(1)
+    client.update_confidence("c", "failure")
+    ids = lambda **kw: [p.id for p in client.query_patterns(**kw).patterns]  # noqa: E731
+    assert ids(type="x") == ["b", "a", "c"]
+    assert ids() == ["b", "a", "d", "c"]  # ties (0.5) by id
+    assert ids(order_by="usage") == ["b", "c", "a", "d"]
+    assert ids(order_by="recent") == ["c", "b", "d", "a"]
+    assert ids(order_by="lower_bound", type="x")[0] == "b"
+    assert ids(min_confidence=0.5) == ["b", "a", "d"]
+    assert ids(type="nothing") == []
+
+
+def test_query_pagination_visits_each_pattern_once(client: PatternStoreClient) -> None:
+    client.store_patterns([_pattern(f"p{i:03d}") for i in range(250)])
+    for i in range(0, 250, 7):
+        client.update_confidence(f"p{i:03d}", "success" if i % 2 else "failure")
+    seen, token, pages = [], "", 0
+    while True:
+        page = client.query_patterns("plan", limit=40, page_token=token)
+        seen += [p.id for p in page.patterns]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 7 and len(seen) == 250 and len(set(seen)) == 250
+    assert [p.id for p in client.iter_patterns("plan", page_size=1000)] == seen
+    with pytest.raises(grpc.RpcError) as exc:
+        client.query_patterns(
+            "tool", page_token=client.query_patterns("plan", limit=1).next_page_token
+        )
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as exc:
+        client.query_patterns(page_token="garbage!")
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(client.query_patterns(limit=5000).patterns) == 250  # coerced to at most 1000
+    assert len(client.query_patterns().patterns) == 100  # 0 means 100
+
+
+def test_queued_writes_are_readable_and_flush_makes_them_durable(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    r = client.store_pattern(_pattern("q"), durability=DURABILITY_QUEUED)
+    client.update_confidence("q", "success", durability=DURABILITY_QUEUED)
+    assert client.get_pattern("q").usage_count == 1  # read-your-writes before the commit
+    strong = client.query_patterns("plan", consistency=CONSISTENCY_STRONG)
+    assert [p.usage_count for p in strong.patterns] == [1]
+    f = client.flush()
+    assert f.durable_sequence >= r.sequence + 1
+    assert client.flush().patterns_written == 0  # nothing left to wait for
+
+
+def test_flush_reports_what_it_waited_for(start_server: object, clock: FakeClock) -> None:
+    srv = start_server(clock, max_delay_ms=300.0)  # type: ignore[operator]
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(_pattern("a"), durability=DURABILITY_QUEUED)
+        c.store_pattern(_pattern("b"), durability=DURABILITY_QUEUED)
+        c.update_confidence("a", "success", durability=DURABILITY_QUEUED)
+        f = c.flush()
+        assert (f.patterns_written, f.updates_applied) == (2, 1)
+        assert f.durable_sequence == c.get_stats().durable_sequence
+
+
+def test_sequences_are_monotonic_across_restarts(start_server: object, clock: FakeClock) -> None:
+    first = start_server(clock)  # type: ignore[operator]
+    with PatternStoreClient(first.target) as c:
+        before = c.store_pattern(_pattern("a")).sequence
+    first.stop()
+    second = start_server(clock)  # type: ignore[operator]
+    with PatternStoreClient(second.target) as c:
+        after = c.store_pattern(_pattern("b")).sequence
+        assert after > before
+        assert c.get_pattern("a").version == 1
+
+
+def test_stats(client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("a"))
+    client.get_pattern("a")  # a miss fills L1
+    client.get_pattern("a")  # a hit
+    s = client.get_stats()
+    assert s.patterns == 1 and s.durable_sequence == s.last_sequence >= 1
+    assert s.batches_flushed >= 1 and s.items_committed >= 1
+    assert s.database_bytes > 0 and s.uptime_seconds >= 0
+    l1 = {c.tier: c for c in s.caches}["l1"]
+    assert l1.hits >= 1 and l1.entries == 1 and l1.bytes > 0
+    assert [q.name for q in s.queues] == ["writes"]
+
+
+def test_health_reflection_and_metrics(server: RunningServer, client: PatternStoreClient) -> None:
+    client.store_pattern(_pattern("a"))
+    with pytest.raises(grpc.RpcError):
+        client.get_pattern("missing")
+    with grpc.insecure_channel(server.target) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="patternstore.v1.PatternStore")
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        (resp,) = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name for s in resp.list_services_response.service}
+        assert "patternstore.v1.PatternStore" in names
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert (
+        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="GetPattern",'
+        'grpc_service="patternstore.v1.PatternStore",grpc_type="unary"} 1.0'
+    ) in text
+    assert "grpc_server_handling_seconds_bucket" in text
+    assert 'patternstore_queue_depth{queue="writes"}' in text
+    assert 'patternstore_cache_hits_total{tier="l1"}' in text
+    assert "patternstore_batch_size_count" in text
+
+
+def test_observed_at_drives_decay(client: PatternStoreClient, clock: FakeClock) -> None:
+    client.store_pattern(_pattern("p"))
+    t0 = Timestamp(seconds=clock.now_ns // 10**9 - 2_592_100)
+    client.update_confidence("p", "success", observed_at=t0)
+    t1 = Timestamp(seconds=t0.seconds + 2_592_000)  # one decay period later
+    client.update_confidence("p", "success", observed_at=t1)
+    got = client.get_pattern("p")
+    assert got.alpha == 1.0 + (2.0 - 1.0) * 0.95 + 1.0
+    assert got.last_outcome_at == t1

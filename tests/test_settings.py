@@ -1,0 +1,44 @@
+"""The one settings table: flags, environment, help, and documentation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from patternstore_server.config import SETTINGS, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
+
+
+def test_help_lists_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "patternstore_server", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for s in SETTINGS:
+        assert "--" + s.name.replace("_", "-") in out
+        assert "PATTERNSTORE_" + s.name.upper() in out
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    env = {"PATTERNSTORE_MAX_BATCH": "7", "PATTERNSTORE_SYNCHRONOUS": "full"}
+    s = load_settings([], environ=env)
+    assert (s.max_batch, s.synchronous, s.listen) == (7, "FULL", "127.0.0.1:50051")
+    assert load_settings(["--max-batch", "9"], environ=env).max_batch == 9
+
+
+def test_bad_values_name_the_setting() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        load_settings(["--max-batch", "many"], environ={})
+    with pytest.raises(ValueError, match="confidence_model"):
+        load_settings([], environ={"PATTERNSTORE_CONFIDENCE_MODEL": "magic"})
