@@ -37,7 +37,14 @@ from .errors import (
     storage_errors,
 )
 from .flusher import Delete, GroupCommitter, Learn, Op, Put
-from .model import evidence_of, learned_row, pattern_row, row_to_pattern, set_evidence
+from .model import (
+    evidence_of,
+    learned_row,
+    pattern_row,
+    row_to_pattern,
+    set_evidence,
+    set_ns,
+)
 from .storage import ConnectionPool
 from .storage import queries as q
 
@@ -159,10 +166,15 @@ class Engine:
     # -- reads -------------------------------------------------------------------------
 
     def get_serialized(self, pid: str) -> bytes | None:
-        """The serialised Pattern for ``pid``, or None when it does not exist."""
+        """The serialised Pattern for ``pid``, or None when it does not exist.
+
+        An id found in L1 needs no validation (only valid ids are ever stored), so a hit
+        costs one lookup; anything else is checked before it reaches SQLite.
+        """
         data = self._l1.get(pid)
         if data is not None:
             return data
+        validate.check_id(pid)
         pending = self._pending.get(pid)
         if pending is not None:
             state = pending[1]
@@ -180,20 +192,22 @@ class Engine:
 
     def get_many_serialized(self, ids: Sequence[str]) -> list[bytes | None]:
         """Like get_serialized for each id, with one SQLite statement for all misses."""
-        found: list[bytes | None] = [None] * len(ids)
+        l1_get = self._l1.get
+        found = [l1_get(pid) for pid in ids]
+        if None not in found:
+            return found
         misses: dict[str, list[int]] = {}
         for i, pid in enumerate(ids):
-            data = self._l1.get(pid)
-            if data is None:
-                pending = self._pending.get(pid)
-                if pending is not None:
-                    if pending[1] is not None:
-                        data = pending[1].SerializeToString()
-                        self._l1[pid] = data
-                else:
-                    misses.setdefault(pid, []).append(i)
-                    continue
-            found[i] = data
+            if found[i] is not None:
+                continue
+            validate.check_id(pid, f"ids[{i}]")
+            pending = self._pending.get(pid)
+            if pending is None:
+                misses.setdefault(pid, []).append(i)
+            elif pending[1] is not None:
+                data = pending[1].SerializeToString()
+                self._l1[pid] = data
+                found[i] = data
         if misses:
             keys = list(misses)
             sql = q.SELECT_PATTERNS_IN.format(",".join("?" * len(keys)))
@@ -270,12 +284,12 @@ class Engine:
             new.trajectory.CopyFrom(p.trajectory)
         if current is None:
             set_evidence(new, prior(self._params))
-            new.created_at.FromNanoseconds(now)
+            set_ns(new.created_at, now)
         else:
             # An update replaces what the caller owns and keeps what was learned.
             set_evidence(new, evidence_of(current))
             new.created_at.CopyFrom(current.created_at)
-        new.updated_at.FromNanoseconds(now)
+        set_ns(new.updated_at, now)
         new.version = have + 1
         return new
 
@@ -312,7 +326,7 @@ class Engine:
         results = []
         for state in states:
             seq = self._next_sequence()
-            ops.append(Put(seq, pattern_row(state, seq)))
+            ops.append(Put(seq, state.id, pattern_row(state, seq)))
             self._pending[state.id] = (seq, state)
             self._invalidate(state.id)
             results.append(StoreResult(state.id, state.version, seq, state.version == 1))
@@ -383,12 +397,12 @@ class Engine:
         if state is None:
             raise NotFound(f"pattern {u.id!r} does not exist")
         set_evidence(state, apply_outcome(evidence_of(state), score, weight, t_ns, self._params))
-        state.updated_at.FromNanoseconds(now)
+        set_ns(state.updated_at, now)
         state.version += 1
         seq = self._next_sequence()
         self._pending[u.id] = (seq, state)
         self._invalidate(u.id)
-        ops.append(Learn(seq, learned_row(state, seq), u.request_id))
+        ops.append(Learn(seq, u.id, learned_row(state, seq), u.request_id))
         if u.request_id:
             self._remember(u.request_id, _Remembered(u.id, seq, state.confidence))
         return OutcomeResult(state.confidence, seq, False)
@@ -495,10 +509,9 @@ class Engine:
             for op in group:
                 if isinstance(op, Learn):
                     n_updates += 1
-                    pid = op.row["id"]
                 else:
                     n_patterns += 1
-                    pid = op.row["id"] if isinstance(op, Put) else op.id
+                pid = op.id
                 pending = self._pending.get(pid)
                 if pending is not None and pending[0] == op.sequence:
                     del self._pending[pid]

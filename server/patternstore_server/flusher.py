@@ -38,10 +38,11 @@ _PRUNE_EVERY = 256
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """Insert or replace a whole pattern row."""
+    """Insert or replace a whole pattern row (storage.queries.PATTERN_FIELDS order)."""
 
     sequence: int
-    row: dict[str, Any]
+    id: str
+    row: tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,8 @@ class Learn:
     """Rewrite the learned columns after an outcome; remember its request id if any."""
 
     sequence: int
-    row: dict[str, Any]
+    id: str
+    row: tuple[Any, ...]  # storage.queries.LEARNED_FIELDS order
     request_id: str = ""
 
 
@@ -60,6 +62,7 @@ class Delete:
 
 
 Op = Put | Learn | Delete
+_SQL: dict[type, str] = {Put: q.UPSERT_PATTERN, Learn: q.UPDATE_LEARNED, Delete: q.DELETE_PATTERN}
 CommitCallback = Callable[[Sequence[Sequence[Op]], int, BaseException | None], None]
 
 
@@ -171,25 +174,7 @@ class GroupCommitter:
         with storage_errors("committing a batch"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for group in batch:
-                    for op in group:
-                        n += 1
-                        if isinstance(op, Learn):
-                            conn.execute(q.UPDATE_LEARNED, op.row)
-                            if op.request_id:
-                                conn.execute(
-                                    q.INSERT_OUTCOME_REQUEST,
-                                    (
-                                        op.request_id,
-                                        op.row["id"],
-                                        op.sequence,
-                                        op.row["confidence"],
-                                    ),
-                                )
-                        elif isinstance(op, Put):
-                            conn.execute(q.UPSERT_PATTERN, op.row)
-                        else:
-                            conn.execute(q.DELETE_PATTERN, (op.id,))
+                n = self._apply(conn, batch)
                 conn.execute(q.META_SET, ("durable_sequence", last))
                 # Every sequence handed out is at most `reserve_gap` past the durable one
                 # (the acceptor admits no more), so a restart starting above this never
@@ -208,6 +193,39 @@ class GroupCommitter:
         self.last_commit_seconds = elapsed
         if self.batch_observer is not None:
             self.batch_observer(n, elapsed)
+
+    @staticmethod
+    def _apply(conn: apsw.Connection, batch: list[Sequence[Op]]) -> int:
+        """Execute the ops in order; runs of one kind go through one executemany."""
+        run_kind: type | None = None
+        run: list[tuple[Any, ...]] = []
+        remembered: list[tuple[str, str, int, float]] = []
+        n = 0
+
+        def flush_run() -> None:
+            if run:
+                conn.executemany(_SQL[run_kind], run)  # type: ignore[index]
+                run.clear()
+
+        for group in batch:
+            for op in group:
+                n += 1
+                kind = type(op)
+                if kind is not run_kind:
+                    flush_run()
+                    run_kind = kind
+                if isinstance(op, Learn):
+                    run.append((*op.row, op.id))
+                    if op.request_id:
+                        remembered.append((op.request_id, op.id, op.sequence, op.row[0]))
+                elif isinstance(op, Put):
+                    run.append(op.row)
+                else:
+                    run.append((op.id,))
+        flush_run()
+        if remembered:
+            conn.executemany(q.INSERT_OUTCOME_REQUEST, remembered)
+        return n
 
     def _checkpoint(self) -> None:
         try:

@@ -7,11 +7,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 from patternstore.v1 import patternstore_pb2 as pb
 
 from .confidence import Evidence, lower_bound
 
-__all__ = ["evidence_of", "learned_row", "pattern_row", "row_to_pattern", "set_evidence"]
+__all__ = [
+    "evidence_of",
+    "learned_row",
+    "ns_of",
+    "pattern_row",
+    "row_to_pattern",
+    "set_evidence",
+    "set_ns",
+]
+
+_NS = 1_000_000_000
 
 
 def row_to_pattern(row: Sequence[Any]) -> pb.Pattern:
@@ -58,11 +69,20 @@ def row_to_pattern(row: Sequence[Any]) -> pb.Pattern:
         p.trajectory.values.extend(np.frombuffer(trajectory, dtype="<f8").tolist())
     if metadata != "{}":
         p.metadata.update(json.loads(metadata))
-    p.created_at.FromNanoseconds(created_ns)
-    p.updated_at.FromNanoseconds(updated_ns)
+    set_ns(p.created_at, created_ns)
+    set_ns(p.updated_at, updated_ns)
     if last_outcome_ns:
-        p.last_outcome_at.FromNanoseconds(last_outcome_ns)
+        set_ns(p.last_outcome_at, last_outcome_ns)
     return p
+
+
+def ns_of(ts: Timestamp) -> int:
+    # Timestamp.ToNanoseconds is pure Python and slow on the outcome path.
+    return ts.seconds * _NS + ts.nanos
+
+
+def set_ns(ts: Timestamp, ns: int) -> None:
+    ts.seconds, ts.nanos = divmod(ns, _NS)
 
 
 def evidence_of(p: pb.Pattern) -> Evidence:
@@ -73,7 +93,7 @@ def evidence_of(p: pb.Pattern) -> Evidence:
         usage_count=p.usage_count,
         success_count=p.success_count,
         failure_count=p.failure_count,
-        last_outcome_ns=p.last_outcome_at.ToNanoseconds() if p.HasField("last_outcome_at") else 0,
+        last_outcome_ns=ns_of(p.last_outcome_at) if p.HasField("last_outcome_at") else 0,
     )
 
 
@@ -85,45 +105,43 @@ def set_evidence(p: pb.Pattern, e: Evidence) -> None:
     p.success_count = e.success_count
     p.failure_count = e.failure_count
     if e.last_outcome_ns:
-        p.last_outcome_at.FromNanoseconds(e.last_outcome_ns)
+        set_ns(p.last_outcome_at, e.last_outcome_ns)
     else:
         p.ClearField("last_outcome_at")
 
 
-def learned_row(p: pb.Pattern, sequence: int) -> dict[str, Any]:
-    """The columns an outcome changes (storage.queries.UPDATE_LEARNED)."""
-    return {
-        "id": p.id,
-        "confidence": p.confidence,
-        "lower_bound": lower_bound(p.alpha, p.beta, p.confidence),
-        "alpha": p.alpha,
-        "beta": p.beta,
-        "usage_count": p.usage_count,
-        "success_count": p.success_count,
-        "failure_count": p.failure_count,
-        "updated_ns": p.updated_at.ToNanoseconds(),
-        "last_outcome_ns": p.last_outcome_at.ToNanoseconds()
-        if p.HasField("last_outcome_at")
-        else 0,
-        "version": p.version,
-        "sequence": sequence,
-    }
-
-
-def pattern_row(p: pb.Pattern, sequence: int) -> dict[str, Any]:
-    """Every column (storage.queries.UPSERT_PATTERN)."""
-    row = learned_row(p, sequence)
-    row.update(
-        type=p.type,
-        name=p.name,
-        description=p.description,
-        data=p.data,
-        embedding=np.asarray(p.embedding, dtype="<f4").tobytes() if p.embedding else b"",
-        trajectory_dims=p.trajectory.dims,
-        trajectory=(
-            np.asarray(p.trajectory.values, dtype="<f8").tobytes() if p.trajectory.values else b""
-        ),
-        metadata=json.dumps(dict(p.metadata), separators=(",", ":"), sort_keys=True),
-        created_ns=p.created_at.ToNanoseconds(),
+def learned_row(p: pb.Pattern, sequence: int) -> tuple[Any, ...]:
+    """The columns an outcome changes, in storage.queries.LEARNED_FIELDS order."""
+    return (
+        p.confidence,
+        lower_bound(p.alpha, p.beta, p.confidence),
+        p.alpha,
+        p.beta,
+        p.usage_count,
+        p.success_count,
+        p.failure_count,
+        ns_of(p.updated_at),
+        ns_of(p.last_outcome_at) if p.HasField("last_outcome_at") else 0,
+        p.version,
+        sequence,
     )
-    return row
+
+
+def pattern_row(p: pb.Pattern, sequence: int) -> tuple[Any, ...]:
+    """Every column, in storage.queries.PATTERN_FIELDS order."""
+    embedding = np.asarray(p.embedding, dtype="<f4").tobytes() if p.embedding else b""
+    values = p.trajectory.values
+    trajectory = np.asarray(values, dtype="<f8").tobytes() if values else b""
+    return (
+        *learned_row(p, sequence),
+        p.id,
+        p.type,
+        p.name,
+        p.description,
+        p.data,
+        embedding,
+        p.trajectory.dims,
+        trajectory,
+        json.dumps(dict(p.metadata), separators=(",", ":"), sort_keys=True),
+        ns_of(p.created_at),
+    )

@@ -7,10 +7,12 @@ __all__ = [
     "COUNT_PATTERNS",
     "DELETE_PATTERN",
     "INSERT_OUTCOME_REQUEST",
+    "LEARNED_FIELDS",
     "LOAD_OUTCOME_REQUESTS",
     "META_GET",
     "META_SET",
     "ORDER_COLUMNS",
+    "PATTERN_FIELDS",
     "PRUNE_OUTCOME_REQUESTS",
     "SELECT_PATTERN",
     "SELECT_PATTERNS_IN",
@@ -31,34 +33,45 @@ SELECT_PATTERN = f"SELECT {COLUMNS} FROM patterns WHERE id = ?"
 # Placeholders are filled with one "?" per id: SQLite has no array binding.
 SELECT_PATTERNS_IN = f"SELECT {COLUMNS} FROM patterns WHERE id IN ({{}})"
 
-UPSERT_PATTERN = """
-INSERT INTO patterns (
-    id, type, name, description, data, embedding, trajectory_dims, trajectory, metadata,
-    confidence, lower_bound, alpha, beta, usage_count, success_count, failure_count,
-    created_ns, updated_ns, last_outcome_ns, version, sequence)
-VALUES (:id, :type, :name, :description, :data, :embedding, :trajectory_dims, :trajectory,
-    :metadata, :confidence, :lower_bound, :alpha, :beta, :usage_count, :success_count,
-    :failure_count, :created_ns, :updated_ns, :last_outcome_ns, :version, :sequence)
-ON CONFLICT (id) DO UPDATE SET
-    type = excluded.type, name = excluded.name, description = excluded.description,
-    data = excluded.data, embedding = excluded.embedding,
-    trajectory_dims = excluded.trajectory_dims, trajectory = excluded.trajectory,
-    metadata = excluded.metadata, confidence = excluded.confidence,
-    lower_bound = excluded.lower_bound, alpha = excluded.alpha, beta = excluded.beta,
-    usage_count = excluded.usage_count, success_count = excluded.success_count,
-    failure_count = excluded.failure_count, created_ns = excluded.created_ns,
-    updated_ns = excluded.updated_ns, last_outcome_ns = excluded.last_outcome_ns,
-    version = excluded.version, sequence = excluded.sequence
-"""
+# Positional parameter order of a learned row (model.learned_row builds it).
+LEARNED_FIELDS = (
+    "confidence",
+    "lower_bound",
+    "alpha",
+    "beta",
+    "usage_count",
+    "success_count",
+    "failure_count",
+    "updated_ns",
+    "last_outcome_ns",
+    "version",
+    "sequence",
+)
+# ... and of a whole row (model.pattern_row): the learned fields, then the rest.
+PATTERN_FIELDS = (
+    *LEARNED_FIELDS,
+    "id",
+    "type",
+    "name",
+    "description",
+    "data",
+    "embedding",
+    "trajectory_dims",
+    "trajectory",
+    "metadata",
+    "created_ns",
+)
+
+UPSERT_PATTERN = (
+    f"INSERT INTO patterns ({', '.join(PATTERN_FIELDS)}) "
+    f"VALUES ({', '.join('?' * len(PATTERN_FIELDS))}) "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in PATTERN_FIELDS if c != "id")
+)
 
 # An outcome rewrites only the learned columns: the payload blobs stay where they are.
-UPDATE_LEARNED = """
-UPDATE patterns SET confidence = :confidence, lower_bound = :lower_bound, alpha = :alpha,
-    beta = :beta, usage_count = :usage_count, success_count = :success_count,
-    failure_count = :failure_count, updated_ns = :updated_ns,
-    last_outcome_ns = :last_outcome_ns, version = :version, sequence = :sequence
-WHERE id = :id
-"""
+# Parameters: LEARNED_FIELDS, then the id.
+UPDATE_LEARNED = f"UPDATE patterns SET {', '.join(f'{c} = ?' for c in LEARNED_FIELDS)} WHERE id = ?"
 
 DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
 
