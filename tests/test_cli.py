@@ -39,6 +39,8 @@ def test_put_get_update_query_flush_stats(server: RunningServer) -> None:
     assert [json.loads(x)["id"] for x in lines] == ["p1"]
     assert "durable_sequence" in _cli(server, "flush").stdout
     assert json.loads(_cli(server, "stats").stdout)["patterns"] == "1"  # int64 is a JSON string
+    r = _cli(server, "health")
+    assert (r.returncode, r.stdout.strip()) == (0, "SERVING")
 
 
 def test_errors_are_one_line_with_the_status(server: RunningServer) -> None:

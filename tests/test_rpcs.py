@@ -329,6 +329,11 @@ def test_health_reflection_and_metrics(server: RunningServer, client: PatternSto
     assert 'patternstore_queue_depth{queue="writes"}' in text
     assert 'patternstore_cache_hits_total{tier="l1"}' in text
     assert "patternstore_batch_size_count" in text
+    assert 'patternstore_query_seconds_count{query="get_pattern"}' in text
+    assert "process_resident_memory_bytes" in text
+    for path, status in (("/healthz", 200), ("/readyz", 200)):
+        url = f"http://127.0.0.1:{server.server.metrics_port}{path}"
+        assert urllib.request.urlopen(url, timeout=5).status == status
 
 
 def test_observed_at_drives_decay(client: PatternStoreClient, clock: FakeClock) -> None:

@@ -142,6 +142,13 @@ def _cmd_stats(c: PatternStoreClient, a: argparse.Namespace) -> None:
     print(json_format.MessageToJson(c.get_stats(), preserving_proto_field_name=True, indent=2))
 
 
+def _cmd_health(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    status = c.health(a.service)
+    print(status)
+    if status != "SERVING":
+        raise SystemExit(1)
+
+
 def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:
     progress = _Progress("exported")
     out = sys.stdout if a.file == "-" else open(a.file, "w", encoding="utf-8")  # noqa: SIM115
@@ -207,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_flush)
     p = sub.add_parser("stats", help="print the server's figures")
     p.set_defaults(run=_cmd_stats)
+
+    p = sub.add_parser("health", help="exit 0 when the server reports SERVING (gRPC health)")
+    p.add_argument("--service", default="patternstore.v1.PatternStore")
+    p.set_defaults(run=_cmd_health)
 
     p = sub.add_parser("export", help="write every pattern as JSON lines")
     p.add_argument("file", nargs="?", default="-")

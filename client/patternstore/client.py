@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import _requests as r
 from .v1 import patternstore_pb2 as pb
@@ -135,6 +136,12 @@ class PatternStoreClient:
             token = page.next_page_token
             if not token:
                 return
+
+    def health(self, service: str = "patternstore.v1.PatternStore") -> str:
+        """The gRPC health status name of ``service`` (SERVING, NOT_SERVING, ...)."""
+        stub: Any = health_pb2_grpc.HealthStub(self._channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def flush(self) -> pb.FlushResponse:
         return self._call("Flush", pb.FlushRequest(), pb.FlushResponse, True)

@@ -76,6 +76,7 @@ class Settings:
     )
     l1_max_entries: int = _setting(100_000, "L1 cache capacity in patterns")
     l1_max_bytes: int = _setting(256 * 1024 * 1024, "L1 cache capacity in serialised bytes")
+    slow_query_ms: float = _setting(100.0, "SQLite reads slower than this count as slow queries")
     query_threads: int = _setting(2, "threads that run QueryPatterns against SQLite")
     grace_s: float = _setting(10.0, "on SIGTERM, how long in-flight calls get to finish")
     log_level: str = _setting("INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR"))

@@ -59,6 +59,11 @@ _SCORES = {
     pb.OUTCOME_FAILURE: 0.0,
     pb.OUTCOME_PARTIAL: 0.5,
 }
+_NAMES = {
+    pb.OUTCOME_SUCCESS: "success",
+    pb.OUTCOME_FAILURE: "failure",
+    pb.OUTCOME_PARTIAL: "partial",
+}
 _MAX_FUTURE_NS = 300 * 1_000_000_000
 
 
@@ -116,6 +121,10 @@ class Engine:
         # (sequence, future) in sequence order: resolved once that sequence is durable.
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+        # Outcomes applied, by outcome name: read by the metrics at scrape time.
+        self.outcome_counts = dict.fromkeys(_NAMES.values(), 0)
+        # Called once, on the loop thread, when a commit fails (health turns NOT_SERVING).
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._accepting = True
         self._failure: BaseException | None = None
         self.started_monotonic = time.monotonic()
@@ -142,6 +151,7 @@ class Engine:
             max_delay_s=settings.max_delay_ms / 1000.0,
             reserve_gap=self._queue_max,
             dedup_window=settings.dedup_window,
+            checkpoint_pages=settings.wal_autocheckpoint_pages,
             on_commit=self._committed_from_writer,
         )
 
@@ -182,11 +192,10 @@ class Engine:
                 return None
             data = state.SerializeToString()
         else:
-            with storage_errors(f"reading pattern {pid!r}"):
-                row = self._pool.reader().execute(q.SELECT_PATTERN, (pid,)).fetchone()
-            if row is None:
+            rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
+            if not rows:
                 return None
-            data = row_to_pattern(row).SerializeToString()
+            data = row_to_pattern(rows[0]).SerializeToString()
         self._l1[pid] = data
         return data
 
@@ -211,8 +220,7 @@ class Engine:
         if misses:
             keys = list(misses)
             sql = q.SELECT_PATTERNS_IN.format(",".join("?" * len(keys)))
-            with storage_errors("reading patterns"):
-                rows = list(self._pool.reader().execute(sql, keys))
+            rows = self._pool.query("get_patterns", sql, keys)
             for row in rows:
                 data = row_to_pattern(row).SerializeToString()
                 self._l1[row[0]] = data
@@ -230,9 +238,8 @@ class Engine:
         data = self._l1.get(pid)
         if data is not None:
             return pb.Pattern.FromString(data)
-        with storage_errors(f"reading pattern {pid!r}"):
-            row = self._pool.reader().execute(q.SELECT_PATTERN, (pid,)).fetchone()
-        return None if row is None else row_to_pattern(row)
+        rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
+        return row_to_pattern(rows[0]) if rows else None
 
     # -- writes ------------------------------------------------------------------------
 
@@ -403,6 +410,7 @@ class Engine:
         self._pending[u.id] = (seq, state)
         self._invalidate(u.id)
         ops.append(Learn(seq, u.id, learned_row(state, seq), u.request_id))
+        self.outcome_counts[_NAMES[u.outcome]] += 1
         if u.request_id:
             self._remember(u.request_id, _Remembered(u.id, seq, state.confidence))
         return OutcomeResult(state.confidence, seq, False)
@@ -534,6 +542,8 @@ class Engine:
             # Pending states were never written: forget them and what was cached from them.
             self._pending.clear()
             self._l1.clear()
+            if self.on_failure is not None:
+                self.on_failure(error)
         exc = StorageError(f"the write was not committed: {error}")
         while self._waiters:
             _, fut = self._waiters.popleft()
@@ -541,6 +551,11 @@ class Engine:
                 fut.set_exception(exc)
 
     # -- figures -----------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """The writer is alive and no commit failed."""
+        return self._failure is None and self._committer.alive
 
     @property
     def queue_depth(self) -> int:
@@ -555,10 +570,13 @@ class Engine:
         c = self._l1
         return [("l1", c.hits, c.misses, c.evictions, len(c), c.currsize)]
 
+    def l1_window_size(self) -> int | None:
+        window = getattr(self._l1, "window_size", None)
+        return window if isinstance(window, int) else None
+
     def count_patterns(self) -> int:
-        with storage_errors("counting patterns"):
-            row = self._pool.reader().execute(q.COUNT_PATTERNS).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._pool.query("count_patterns", q.COUNT_PATTERNS)
+        return int(rows[0][0]) if rows else 0
 
 
 def _meta(conn: apsw.Connection, key: str) -> int:

@@ -75,6 +75,7 @@ class GroupCommitter:
         max_delay_s: float,
         reserve_gap: int,
         dedup_window: int,
+        checkpoint_pages: int = 4000,
         on_commit: CommitCallback,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -84,6 +85,11 @@ class GroupCommitter:
         self._reserve_gap = reserve_gap
         self._dedup_window = dedup_window
         self._on_commit = on_commit
+        self._checkpoint_pages = checkpoint_pages
+        self._wal_pages = 0
+        # The hook replaces SQLite's autocheckpoint: we checkpoint ourselves, after the
+        # commit is reported, so waiters never wait for a checkpoint, and we count them.
+        conn.set_wal_hook(self._wal_hook)
         self._monotonic = monotonic
         # Guards _groups, _queued_ops, _closing. The writer thread waits on it.
         self._cond = threading.Condition(threading.Lock())
@@ -96,6 +102,7 @@ class GroupCommitter:
         self.batches = 0
         self.items = 0
         self.last_commit_seconds = 0.0
+        self.checkpoints = 0
         self.batch_observer: Callable[[int, float], None] | None = None
 
     # -- called from the acceptor ------------------------------------------------------
@@ -114,6 +121,10 @@ class GroupCommitter:
             # or a full batch to close. A wake-up per write would cost a GIL hand-off each.
             if was_empty or self._queued_ops >= self._max_batch:
                 self._cond.notify()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._failure is None
 
     @property
     def queued(self) -> int:
@@ -164,8 +175,10 @@ class GroupCommitter:
                     log.exception("group commit failed; refusing further writes")
                     self._failure = error = exc
             self._on_commit(batch, last, error)
+            if error is None and self._wal_pages >= self._checkpoint_pages:
+                self._checkpoint(apsw.SQLITE_CHECKPOINT_PASSIVE)
         if self._failure is None:
-            self._checkpoint()
+            self._checkpoint(apsw.SQLITE_CHECKPOINT_TRUNCATE)
 
     def _commit(self, batch: list[Sequence[Op]], last: int) -> None:
         started = time.perf_counter()
@@ -227,9 +240,16 @@ class GroupCommitter:
             conn.executemany(q.INSERT_OUTCOME_REQUEST, remembered)
         return n
 
-    def _checkpoint(self) -> None:
+    def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        self._wal_pages = pages
+        return apsw.SQLITE_OK
+
+    def _checkpoint(self, mode: int) -> None:
         try:
             with storage_errors("checkpointing the WAL"):
-                self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+                self._conn.wal_checkpoint(mode=mode)
         except StorageError:
-            log.warning("final WAL checkpoint failed; SQLite will replay the WAL on next open")
+            log.warning("WAL checkpoint failed; SQLite will replay the WAL on next open")
+            return
+        self._wal_pages = 0
+        self.checkpoints += 1

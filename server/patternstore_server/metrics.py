@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -56,6 +63,10 @@ class StateReading:
     ]  # tier, hits, misses, evictions, entries, bytes
     database_bytes: int
     wal_bytes: int
+    outcomes: dict[str, int]
+    checkpoints: int
+    busy_retries: int
+    l1_window: int | None
 
 
 class MethodMetrics:
@@ -80,8 +91,11 @@ class MethodMetrics:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, slow_query_seconds: float = 0.1
+    ) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
+        self.slow_query_seconds = slow_query_seconds
         labels = ("grpc_type", "grpc_service", "grpc_method")
         r = self.registry
         self.started = Counter(
@@ -126,9 +140,31 @@ class Metrics:
             "Writes refused with RESOURCE_EXHAUSTED (queue full).",
             registry=r,
         )
-        self.outcomes = Counter(
-            "patternstore_outcomes", "Outcomes applied, by result.", ("result",), registry=r
+        self.query_seconds = Histogram(
+            "patternstore_query_seconds",
+            "SQLite reads, by named query.",
+            ("query",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
+        self.slow_queries = Counter(
+            "patternstore_slow_queries",
+            "SQLite reads slower than slow_query_ms.",
+            ("query",),
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self._query_children: dict[str, Any] = {}
+
+    def observe_query(self, name: str, seconds: float) -> None:
+        # Runs on the loop and the query threads; children are cached per query name.
+        child = self._query_children.get(name)
+        if child is None:
+            child = self._query_children[name] = self.query_seconds.labels(name)
+        child.observe(seconds)
+        if seconds >= self.slow_query_seconds:
+            self.slow_queries.labels(name).inc()
 
     def method(self, name: str, grpc_type: str) -> MethodMetrics:
         return MethodMetrics(self, name, grpc_type)
@@ -188,6 +224,26 @@ class _StateCollector(Collector):
             entries.add_metric([tier], n)
             size.add_metric([tier], b)
         yield from (hits, misses, evictions, entries, size)
+        outcomes = CounterMetricFamily(
+            "patternstore_outcomes", "Outcomes applied, by outcome.", labels=["outcome"]
+        )
+        for name, n in s.outcomes.items():
+            outcomes.add_metric([name], n)
+        yield outcomes
+        checkpoints = CounterMetricFamily("patternstore_checkpoints", "WAL checkpoints made.")
+        checkpoints.add_metric([], s.checkpoints)
+        yield checkpoints
+        busy = CounterMetricFamily(
+            "patternstore_busy_retries", "Waits for a database lock held by another connection."
+        )
+        busy.add_metric([], s.busy_retries)
+        yield busy
+        if s.l1_window is not None:
+            yield _gauge(
+                "patternstore_cache_l1_window_entries",
+                "The adaptive L1's admission window size.",
+                s.l1_window,
+            )
         yield _gauge("patternstore_database_bytes", "Size of the database file.", s.database_bytes)
         yield _gauge("patternstore_wal_bytes", "Size of the write-ahead log.", s.wal_bytes)
 

@@ -12,7 +12,7 @@ from typing import Any
 from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
-from .errors import InvalidArgument, storage_errors
+from .errors import InvalidArgument
 from .model import row_to_pattern
 from .storage import ConnectionPool
 from .storage import queries as q
@@ -71,8 +71,7 @@ def run_query(pool: ConnectionPool, spec: QuerySpec) -> bytes:
     if spec.after is not None:
         params["after_value"], params["after_id"] = spec.after
     sql = q.query_sql(spec.order, bool(spec.type), spec.after is not None)
-    with storage_errors("querying patterns"):
-        rows = list(pool.reader().execute(sql, params))
+    rows = pool.query(f"query_{spec.order}", sql, params)
     resp = pb.QueryPatternsResponse()
     for row in rows[: spec.limit]:
         resp.patterns.append(row_to_pattern(row))

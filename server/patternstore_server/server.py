@@ -7,18 +7,17 @@ import logging
 import signal
 import time
 from pathlib import Path
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from .cache import make_cache
 from .config import Settings
 from .engine import Clock, Engine
 from .metrics import SERVICE, Metrics, StateReading
 from .servicer import PatternStoreServicer
+from .sideport import SidePort
 from .storage import ConnectionOptions, ConnectionPool
 
 __all__ = ["DB_NAME", "PatternStoreServer", "create_server", "serve"]
@@ -44,9 +43,12 @@ class PatternStoreServer:
         self._clock = clock
         self.port = 0
         self.metrics_port = 0
-        self.metrics = Metrics()
+        self.metrics = Metrics(slow_query_seconds=settings.slow_query_ms / 1000.0)
         self._grpc: grpc.aio.Server | None = None
-        self._http: WSGIServer | None = None
+        self._http: SidePort | None = None
+        self._serving = False
+        # Tasks started from callbacks, kept referenced until done (asyncio holds weak refs).
+        self._background: set[asyncio.Future[None]] = set()
         self._health = health.aio.HealthServicer()
         self._stopped = False
 
@@ -59,10 +61,12 @@ class PatternStoreServer:
         self.pool = ConnectionPool(
             self.db_path,
             ConnectionOptions(s.synchronous, s.busy_timeout_ms, s.wal_autocheckpoint_pages),
+            observer=self.metrics.observe_query,
         )
         l1 = make_cache(s.l1_policy, s.l1_max_entries, s.l1_max_bytes)
         self.engine = Engine(s, self.pool, l1, self._clock)
         self.engine.committer.batch_observer = self.metrics.observe_batch
+        self.engine.on_failure = self._on_failure
         self.engine.start(asyncio.get_running_loop())
         self.servicer = PatternStoreServicer(self.engine, self.pool, self.metrics, s.query_threads)
 
@@ -90,11 +94,13 @@ class PatternStoreServer:
         if s.metrics_listen:
             mhost, mport = _split_address(s.metrics_listen)
             self.metrics.add_state_collector(self._state)
-            self._http, _ = start_http_server(mport, mhost, registry=self.metrics.registry)
-            self.metrics_port = self._http.server_port
+            self._http = SidePort(mhost, mport, self.metrics.registry, self._not_ready)
+            self._http.start()
+            self.metrics_port = self._http.port
             metrics_addr = f"{mhost}:{self.metrics_port}"
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         log.info(
             "patternstore serving grpc=%s:%d metrics=%s db=%s",
             host,
@@ -102,6 +108,24 @@ class PatternStoreServer:
             metrics_addr,
             self.db_path,
         )
+
+    def _not_ready(self) -> str | None:
+        """Why /readyz says 503, or None when ready (migrated, warmed, writer alive)."""
+        if not self._serving:
+            return "starting" if not self._stopped else "shutting down"
+        if not self.engine.healthy:
+            return "the writer stopped after a failed commit; see the log and restart"
+        return None
+
+    def _on_failure(self, error: BaseException) -> None:
+        # gRPC health mirrors readiness: load balancers stop sending writes here.
+        log.error("a commit failed, refusing writes until restart: %s", error)
+        for service in (SERVICE, ""):
+            task = asyncio.ensure_future(
+                self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _state(self) -> StateReading:
         e = self.engine
@@ -116,6 +140,10 @@ class PatternStoreServer:
             caches=e.cache_figures(),
             database_bytes=db,
             wal_bytes=wal,
+            outcomes=dict(e.outcome_counts),
+            checkpoints=e.committer.checkpoints,
+            busy_retries=self.pool.busy_retries,
+            l1_window=e.l1_window_size(),
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -123,6 +151,7 @@ class PatternStoreServer:
         if self._stopped:
             return
         self._stopped = True
+        self._serving = False
         grace = self.settings.grace_s if grace is None else grace
         self.engine.stop_accepting()
         await self._health.enter_graceful_shutdown()
@@ -132,8 +161,7 @@ class PatternStoreServer:
         self.servicer.close()
         self.pool.close()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
         log.info("patternstore stopped; durable_sequence=%d", self.engine.durable_sequence)
 
     async def wait(self) -> None:

@@ -103,9 +103,8 @@ class PatternStoreServicer:
 
     # -- error mapping and metrics, once for every method -----------------------------
 
-    @staticmethod
     def _wrap_unary(
-        fn: _Unary, m: MethodMetrics
+        self, fn: _Unary, m: MethodMetrics
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             m.started.inc()
@@ -118,6 +117,8 @@ class PatternStoreServicer:
                 return reply
             except PatternStoreError as exc:
                 code = exc.code
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._metrics.rejected.inc()
                 await context.abort(code, str(exc))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -146,6 +147,8 @@ class PatternStoreServicer:
                 return reply
             except PatternStoreError as exc:
                 code = exc.code
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._metrics.rejected.inc()
                 await context.abort(code, str(exc))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -22,9 +25,18 @@ class ConnectionPool:
     later ``reader()`` or ``writer()`` raises StoreClosed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], options: ConnectionOptions) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        options: ConnectionOptions,
+        observer: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.options = options
+        # Told (query name, seconds) after every named query: the metrics' histogram.
+        self.observer = observer
+        # Times SQLite found the database locked and we waited; read by the metrics.
+        self.busy_retries = 0
         self._local = threading.local()
         # Guards _readers, _writer and _closed: readers are created from many threads.
         self._lock = threading.Lock()
@@ -43,6 +55,7 @@ class ConnectionPool:
             with storage_errors(f"opening {self.path}"):
                 conn = apsw.Connection(str(self.path))
                 configure_writer(conn, self.options)
+                conn.set_busy_handler(self._busy_handler())
                 apply_migrations(conn)
             self._writer = conn
             return conn
@@ -58,9 +71,39 @@ class ConnectionPool:
             with storage_errors(f"opening {self.path} for reading"):
                 conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
                 configure_reader(conn, self.options)
+                conn.set_busy_handler(self._busy_handler())
             self._readers.append(conn)
         self._local.conn = conn
         return conn
+
+    def query(self, name: str, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        """Run a read on this thread's connection; report its duration under ``name``."""
+        started = time.perf_counter()
+        with storage_errors(f"running {name}"):
+            rows = list(self.reader().execute(sql, params))
+        if self.observer is not None:
+            self.observer(name, time.perf_counter() - started)
+        return rows
+
+    def _busy_handler(self) -> Callable[[int], bool]:
+        """Wait for a lock with a growing sleep, counting each wait, up to busy_timeout.
+
+        SQLite's own busy_timeout does the same but cannot tell us how often it waited.
+        """
+        limit_s = self.options.busy_timeout_ms / 1000.0
+        state = {"started": 0.0}
+
+        def handler(prior_calls: int) -> bool:
+            now = time.monotonic()
+            if prior_calls == 0:
+                state["started"] = now
+            if now - state["started"] >= limit_s:
+                return False
+            self.busy_retries += 1
+            time.sleep(min(0.001 * (prior_calls + 1), 0.025))
+            return True
+
+        return handler
 
     def file_sizes(self) -> tuple[int, int]:
         """(database bytes, WAL bytes) as on disk now."""
