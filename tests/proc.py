@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-_SERVING = re.compile(r"patternstore serving grpc=[^ ]*:(\d+)")
+_SERVING = re.compile(r"patternstore serving grpc=[^ ]*:(\d+) metrics=(\S+)")
 
 
 def server_command() -> list[str]:
@@ -20,13 +21,20 @@ def server_command() -> list[str]:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    """A server subprocess; args are extra flags (a later flag wins over the defaults).
+
+    ``command`` runs another installation (e.g. a fresh venv's ``patternstore-server``).
+    ``metrics_port`` is the /metrics port the server logged, or None when disabled: pass
+    ``"--metrics-listen", "127.0.0.1:0"`` to enable it.
+    """
+
+    def __init__(self, data_dir: Path, *args: str, command: Sequence[str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"server-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                *server_command(),
+                *(command or server_command()),
                 "--listen",
                 "127.0.0.1:0",
                 "--metrics-listen",
@@ -39,15 +47,17 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.port = self._wait_serving()
+        self.port, self.metrics_port = self._wait_serving()
         self.target = f"127.0.0.1:{self.port}"
 
-    def _wait_serving(self, timeout: float = 30.0) -> int:
+    def _wait_serving(self, timeout: float = 30.0) -> tuple[int, int | None]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = _SERVING.search(self.log())
             if match:
-                return int(match[1])
+                # metrics= is host:port, or "-" when the side port is disabled.
+                metrics = match[2]
+                return int(match[1]), None if metrics == "-" else int(metrics.rsplit(":", 1)[1])
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.05)

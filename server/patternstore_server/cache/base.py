@@ -111,9 +111,10 @@ class Cache(MutableMapping[str, bytes]):
 
     def get(self, key: str, default: object = None) -> object:
         """The value for ``key`` or ``default``, counting a hit or a miss."""
-        try:
-            value = self._data[key]
-        except KeyError:
+        # dict.get rather than try/except: a raised KeyError costs more than the
+        # whole rest of a miss.
+        value = self._data.get(key)
+        if value is None:
             self.misses += 1
             return default
         reads = self._reads
@@ -186,12 +187,15 @@ class Cache(MutableMapping[str, bytes]):
     def _shrink(self) -> None:
         """Evict until both bounds hold again."""
         data = self._data
+        sizes = self._sizes
+        on_evict = self._on_evict
         while len(data) > self._maxsize or self._currsize > self._max_bytes:
             key = self._victim()
-            value = self._remove(key)
+            self._currsize -= sizes.pop(key)
+            value = data.pop(key)
             self.evictions += 1
-            if self._on_evict is not None:
-                self._on_evict(key, value)
+            if on_evict is not None:
+                on_evict(key, value)
 
     def _remove(self, key: str) -> bytes:
         self._currsize -= self._sizes.pop(key)

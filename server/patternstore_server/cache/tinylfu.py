@@ -1,4 +1,4 @@
-"""W-TinyLFU with a hill-climbed window: the "adaptive" L1 policy."""
+"""W-TinyLFU with an adaptive window: the "adaptive" L1 policy."""
 
 from __future__ import annotations
 
@@ -11,29 +11,40 @@ from .sketch import FrequencySketch
 
 __all__ = ["TinyLFUCache"]
 
+_Order = OrderedDict[str, None]
+
 
 class TinyLFUCache(Cache):
     """An LRU admission window in front of a segmented LRU main region.
 
     New keys enter the window. The window's oldest key, when pushed out, becomes a
-    *candidate* for the main region's probation segment; it is kept only if the
-    frequency sketch says it was seen more often than the probation segment's oldest
-    key (the *victim*), otherwise the candidate itself is evicted. A hit in probation
-    promotes the key to the protected segment. The window's share is moved by a hill
-    climber on the hit rate of each sample.
+    *candidate* for the main region's probation segment: it stays only if the
+    frequency sketch says it was seen more often than probation's oldest key (the
+    *victim*); otherwise the candidate itself is evicted. A hit in probation promotes
+    the key to the protected segment (80% of the main region).
+
+    The window's size climbs along the hit-rate gradient measured by two small ghost
+    lists (keys only, ``ghost_share`` of ``maxsize`` each): a miss on a recently
+    *rejected candidate* is a hit a larger window would have had, a miss on a recently
+    evicted *main* key is one a larger main region would have had; each moves the
+    window one entry that way. Caffeine's sample-based climber (``sample_climber``) is
+    kept for comparison but off: it adapts too slowly for the recency-heavy traces
+    (see DESIGN.md).
     """
 
     initial_window: ClassVar[float] = 0.01
     protected_share: ClassVar[float] = 0.8
+    ghost_share: ClassVar[float] = 0.1
+    # The window is only resized once the target moved this share of maxsize away:
+    # each resize moves keys between regions, and jittering by one entry on every
+    # ghost hit would let keys into the main region without an admission duel.
+    resize_quantum: ClassVar[float] = 0.01
+    hashdos_min: ClassVar[int] = 6
+    sample_climber: ClassVar[bool] = False
     climb_step: ClassVar[float] = 0.0625
     climb_decay: ClassVar[float] = 0.98
     climb_restart: ClassVar[float] = 0.05
     sample_factor: ClassVar[float] = 10.0
-    hashdos_min: ClassVar[int] = 6
-    ghost_share: ClassVar[float] = 0.0
-    ghost_step: ClassVar[float] = 1.0
-    climb: ClassVar[bool] = True
-    ghost_ratio: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -45,26 +56,28 @@ class TinyLFUCache(Cache):
         seed: int = 0,
     ) -> None:
         super().__init__(maxsize, max_bytes, getsizeof, on_evict)
-        self._window: OrderedDict[str, None] = OrderedDict()
-        self._probation: OrderedDict[str, None] = OrderedDict()
-        self._protected: OrderedDict[str, None] = OrderedDict()
+        self._window: _Order = OrderedDict()
+        self._probation: _Order = OrderedDict()
+        self._protected: _Order = OrderedDict()
         self._sketch = FrequencySketch(maxsize)
+        # The key the current write pushed out of the window, until it wins or loses.
         self._candidate: str | None = None
         self._window_target = maxsize * self.initial_window
         self._window_max = 0
         self._protected_max = 0
         self._set_limits()
+        self._quantum = max(1.0, self.resize_quantum * maxsize)
+        self._ghost_size = max(1, int(self.ghost_share * maxsize))
+        self._rejected: _Order = OrderedDict()
+        self._evicted_main: _Order = OrderedDict()
         self._sample_size = max(1, int(self.sample_factor * maxsize))
         self._sample_hits = 0
         self._sample_misses = 0
         self._prev_hit_rate = 0.0
         self._step = -self.climb_step * maxsize
         # Seeded: the only randomness is the rare admission of a frequent candidate
-        # that ties, which must not make replays differ from run to run.
+        # that loses, which must not make replays differ from run to run.
         self._rng = random.Random(seed)
-        self._ghost_size = int(self.ghost_share * maxsize)
-        self._rejected: OrderedDict[str, None] = OrderedDict()
-        self._victims: OrderedDict[str, None] = OrderedDict()
 
     @property
     def window_size(self) -> int:
@@ -78,6 +91,10 @@ class TinyLFUCache(Cache):
         window = self._window
         protected = self._protected
         probation = self._probation
+        if len(keys) > 8:
+            # Only each key's last hit decides its place: visit distinct keys in the
+            # order of their last hit (C-level dedup, then one pass per key).
+            keys = list(reversed(dict.fromkeys(reversed(keys))))
         for key in keys:
             if key in protected:
                 protected.move_to_end(key)
@@ -85,30 +102,25 @@ class TinyLFUCache(Cache):
                 window.move_to_end(key)
             elif key in probation:
                 self._promote(key)
-        self._sample_hits += len(keys)
-        if self._sample_hits + self._sample_misses >= self._sample_size and self.climb:
-            self._climb()
+        if self.sample_climber:
+            self._sample_hits += len(keys)
+            if self._sample_hits + self._sample_misses >= self._sample_size:
+                self._climb()
 
     def _on_insert(self, key: str) -> None:
         # A candidate only faces victims in the write that pushed it out of the window.
         self._candidate = None
         self._sketch.increment(key)
-        self._sample_misses += 1
-        if self._sample_hits + self._sample_misses >= self._sample_size and self.climb:
-            self._climb()
-        if self._ghost_size:
-            if key in self._rejected:
-                step = self.ghost_step
-                if self.ghost_ratio:
-                    step *= max(1.0, len(self._victims) / len(self._rejected))
-                del self._rejected[key]
-                self._nudge(step)
-            elif key in self._victims:
-                step = self.ghost_step
-                if self.ghost_ratio:
-                    step *= max(1.0, len(self._rejected) / len(self._victims))
-                del self._victims[key]
-                self._nudge(-step)
+        if key in self._rejected:
+            del self._rejected[key]
+            self._move_window(1.0)
+        elif key in self._evicted_main:
+            del self._evicted_main[key]
+            self._move_window(-1.0)
+        if self.sample_climber:
+            self._sample_misses += 1
+            if self._sample_hits + self._sample_misses >= self._sample_size:
+                self._climb()
         window = self._window
         window[key] = None
         if len(window) > self._window_max:
@@ -120,7 +132,12 @@ class TinyLFUCache(Cache):
     def _on_update(self, key: str) -> None:
         self._candidate = None
         self._sketch.increment(key)
-        self._touch(key)
+        if key in self._protected:
+            self._protected.move_to_end(key)
+        elif key in self._window:
+            self._window.move_to_end(key)
+        elif key in self._probation:
+            self._promote(key)
 
     def _on_delete(self, key: str) -> None:
         if self._candidate == key:
@@ -140,26 +157,28 @@ class TinyLFUCache(Cache):
             if victim is None or not self._admit(candidate, victim):
                 self._candidate = None
                 del probation[candidate]
-                if self._ghost_size:
-                    self._remember(self._rejected, candidate)
+                ghost = self._rejected
+                ghost[candidate] = None
+                if len(ghost) > self._ghost_size:
+                    del ghost[next(iter(ghost))]
                 return candidate
             # The candidate stays and faces the next victim if more must go.
-            if self._ghost_size:
-                self._remember(self._victims, victim)
             if victim in probation:
                 del probation[victim]
             else:
                 del self._protected[victim]
-            return victim
-        if probation:
-            key = probation.popitem(last=False)[0]
+        elif probation:
+            # No duel: the window is within its limit, so the main region is over.
+            victim = probation.popitem(last=False)[0]
         elif self._protected:
-            key = self._protected.popitem(last=False)[0]
+            victim = self._protected.popitem(last=False)[0]
         else:
             return self._window.popitem(last=False)[0]
-        if self._ghost_size:
-            self._remember(self._victims, key)
-        return key
+        ghost = self._evicted_main
+        ghost[victim] = None
+        if len(ghost) > self._ghost_size:
+            del ghost[next(iter(ghost))]
+        return victim
 
     def _on_clear(self) -> None:
         self._window.clear()
@@ -168,14 +187,6 @@ class TinyLFUCache(Cache):
         self._candidate = None
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _touch(self, key: str) -> None:
-        if key in self._protected:
-            self._protected.move_to_end(key)
-        elif key in self._window:
-            self._window.move_to_end(key)
-        elif key in self._probation:
-            self._promote(key)
 
     def _promote(self, key: str) -> None:
         del self._probation[key]
@@ -187,9 +198,7 @@ class TinyLFUCache(Cache):
             self._probation[demoted] = None
 
     def _admit(self, candidate: str, victim: str) -> bool:
-        sketch = self._sketch
-        candidate_freq = sketch.frequency(candidate)
-        victim_freq = sketch.frequency(victim)
+        candidate_freq, victim_freq = self._sketch.frequencies(candidate, victim)
         if candidate_freq > victim_freq:
             return True
         # A frequent candidate that loses may be an attacker's collision on the
@@ -201,16 +210,12 @@ class TinyLFUCache(Cache):
         self._window_max = min(maxsize, max(0, round(self._window_target)))
         self._protected_max = int(self.protected_share * (maxsize - self._window_max))
 
-    def _remember(self, ghost: OrderedDict[str, None], key: str) -> None:
-        ghost[key] = None
-        if len(ghost) > self._ghost_size:
-            del ghost[next(iter(ghost))]
-
-    def _nudge(self, amount: float) -> None:
+    def _move_window(self, amount: float) -> None:
         target = min(float(self._maxsize), max(0.0, self._window_target + amount))
         self._window_target = target
-        self._set_limits()
-        self._rebalance()
+        if abs(target - self._window_max) >= self._quantum:
+            self._set_limits()
+            self._rebalance()
 
     def _climb(self) -> None:
         """One step of Caffeine's hill climber on the last sample's hit rate."""
@@ -231,16 +236,25 @@ class TinyLFUCache(Cache):
         self._rebalance()
 
     def _rebalance(self) -> None:
-        """Push excess out of a shrunken window and protected segment into probation;
-        a grown window fills from new keys while the main region gives up victims."""
+        """Bring the regions within new limits. A grown window fills from new keys
+        while the main region gives up victims; a shrunken window pushes its oldest
+        keys out through the admission duel, as a full window does."""
         window = self._window
-        probation = self._probation
         while len(window) > self._window_max:
             key = next(iter(window))
             del window[key]
-            probation[key] = None
+            self._probation[key] = None
+            if len(self._data) >= self._maxsize:
+                # Cache full: the loser is evicted now, leaving a slot for the next miss.
+                self._candidate = key
+                loser = self._victim()
+                self._candidate = None
+                value = self._remove(loser)
+                self.evictions += 1
+                if self._on_evict is not None:
+                    self._on_evict(loser, value)
         protected = self._protected
         while len(protected) > self._protected_max:
             key = next(iter(protected))
             del protected[key]
-            probation[key] = None
+            self._probation[key] = None
