@@ -72,11 +72,24 @@ class Settings:
         100_000, "outcome request_ids remembered (and persisted) to answer retries unapplied"
     )
     l1_policy: str = _setting(
-        "lru", "L1 eviction policy: adaptive (W-TinyLFU), lru or lfu", ("adaptive", "lru", "lfu")
+        "adaptive",
+        "L1 eviction policy: adaptive (W-TinyLFU), lru or lfu",
+        ("adaptive", "lru", "lfu"),
     )
     l1_max_entries: int = _setting(100_000, "L1 cache capacity in patterns")
     l1_max_bytes: int = _setting(256 * 1024 * 1024, "L1 cache capacity in serialised bytes")
     slow_query_ms: float = _setting(100.0, "SQLite reads slower than this count as slow queries")
+    l2_max_bytes: int = _setting(
+        64 * 1024 * 1024, "L2 (zstd-compressed patterns) capacity in compressed bytes; 0 disables"
+    )
+    l2_ttl_s: float = _setting(600.0, "an L2 entry expires this long after it was cached")
+    l3_max_entries: int = _setting(1000, "L3 (QueryPatterns replies) capacity; 0 disables")
+    l3_max_staleness_ms: float = _setting(
+        1000.0, "a cached BOUNDED query may lag confidence changes by at most this long"
+    )
+    warm_count: int = _setting(
+        10_000, "patterns loaded into L1/L2 at start (most used, then most trusted)"
+    )
     query_threads: int = _setting(2, "threads that run QueryPatterns against SQLite")
     grace_s: float = _setting(10.0, "on SIGTERM, how long in-flight calls get to finish")
     log_level: str = _setting("INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR"))

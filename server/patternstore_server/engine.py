@@ -22,7 +22,8 @@ import apsw
 from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
-from .cache.base import Cache
+from .cache.l3 import QueryCache
+from .cache.tiers import PatternTiers
 from .confidence import ModelParams, apply_outcome, prior
 from .config import Settings
 from .errors import (
@@ -65,6 +66,7 @@ _NAMES = {
     pb.OUTCOME_PARTIAL: "partial",
 }
 _MAX_FUTURE_NS = 300 * 1_000_000_000
+_TYPE_AT = q.PATTERN_FIELDS.index("type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +98,14 @@ class Engine:
         self,
         settings: Settings,
         pool: ConnectionPool,
-        l1: Cache,
+        tiers: PatternTiers,
+        l3: QueryCache,
         clock: Clock = time.time_ns,
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self._l1 = l1
+        self._tiers = tiers
+        self.l3 = l3
         self._clock = clock
         self._params = ModelParams(
             prior_alpha=settings.prior_alpha,
@@ -181,7 +185,7 @@ class Engine:
         An id found in L1 needs no validation (only valid ids are ever stored), so a hit
         costs one lookup; anything else is checked before it reaches SQLite.
         """
-        data = self._l1.get(pid)
+        data = self._tiers.get(pid)
         if data is not None:
             return data
         validate.check_id(pid)
@@ -196,13 +200,13 @@ class Engine:
             if not rows:
                 return None
             data = row_to_pattern(rows[0]).SerializeToString()
-        self._l1[pid] = data
+        self._tiers.fill(pid, data)
         return data
 
     def get_many_serialized(self, ids: Sequence[str]) -> list[bytes | None]:
         """Like get_serialized for each id, with one SQLite statement for all misses."""
-        l1_get = self._l1.get
-        found = [l1_get(pid) for pid in ids]
+        tiers_get = self._tiers.get
+        found = [tiers_get(pid) for pid in ids]
         if None not in found:
             return found
         misses: dict[str, list[int]] = {}
@@ -215,7 +219,7 @@ class Engine:
                 misses.setdefault(pid, []).append(i)
             elif pending[1] is not None:
                 data = pending[1].SerializeToString()
-                self._l1[pid] = data
+                self._tiers.fill(pid, data)
                 found[i] = data
         if misses:
             keys = list(misses)
@@ -223,7 +227,7 @@ class Engine:
             rows = self._pool.query("get_patterns", sql, keys)
             for row in rows:
                 data = row_to_pattern(row).SerializeToString()
-                self._l1[row[0]] = data
+                self._tiers.fill(row[0], data)
                 for i in misses[row[0]]:
                     found[i] = data
         return found
@@ -235,7 +239,7 @@ class Engine:
             # Only the acceptor holds pending messages (queued ops carry row snapshots),
             # so the newest state can be modified in place.
             return pending[1]
-        data = self._l1.get(pid)
+        data = self._tiers.get(pid)
         if data is not None:
             return pb.Pattern.FromString(data)
         rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
@@ -260,8 +264,10 @@ class Engine:
         self.last_sequence += 1
         return self.last_sequence
 
-    def _prepare_store(self, req: pb.StorePatternRequest, field: str, now: int) -> pb.Pattern:
-        """Check one store against the newest state and return the state it produces."""
+    def _prepare_store(
+        self, req: pb.StorePatternRequest, field: str, now: int
+    ) -> tuple[pb.Pattern, str]:
+        """Check one store against the newest state; return the new state and the old type."""
         p = req.pattern
         if not p.id:
             p.id = uuid.uuid4().hex
@@ -298,7 +304,7 @@ class Engine:
             new.created_at.CopyFrom(current.created_at)
         set_ns(new.updated_at, now)
         new.version = have + 1
-        return new
+        return new, "" if current is None else current.type
 
     async def store(
         self, requests: Sequence[pb.StorePatternRequest], durable: bool, batch: bool
@@ -309,16 +315,18 @@ class Engine:
         states: list[pb.Pattern] = []
         # Items of one call may touch the same id: later ones must see earlier ones.
         saved_pending: dict[str, tuple[int, pb.Pattern | None] | None] = {}
+        saved_types: set[str] = set()
         try:
             for i, req in enumerate(requests):
                 field = f"requests[{i}].pattern" if batch else "pattern"
                 try:
-                    new = self._prepare_store(req, field, now)
+                    new, old_type = self._prepare_store(req, field, now)
                 except PatternStoreError as exc:
                     if batch:
                         exc.args = (f"item {i}: {exc.args[0]}; nothing in this call was stored",)
                     raise
                 states.append(new)
+                saved_types.add(old_type)
                 # Stage it where _current looks, so a later item of the call sees it.
                 saved_pending.setdefault(new.id, self._pending.get(new.id))
                 self._pending[new.id] = (0, new)
@@ -331,6 +339,9 @@ class Engine:
             raise
         ops: list[Op] = []
         results = []
+        touched = {state.type for state in states}
+        touched.update(t for t in saved_types if t)
+        self.l3.invalidate(touched)
         for state in states:
             seq = self._next_sequence()
             ops.append(Put(seq, state.id, pattern_row(state, seq)))
@@ -355,8 +366,9 @@ class Engine:
         seq = self._next_sequence()
         self._pending[pid] = (seq, None)
         self._invalidate(pid)
+        self.l3.invalidate((current.type,))
         self._pending_patterns += 1
-        await self._submit([Delete(seq, pid)], durable)
+        await self._submit([Delete(seq, pid, current.type)], durable)
         return seq
 
     def _check_outcome(
@@ -471,8 +483,7 @@ class Engine:
         return self._pending_ops >= self._queue_max
 
     def _invalidate(self, pid: str) -> None:
-        if pid in self._l1:
-            del self._l1[pid]
+        self._tiers.invalidate(pid)
 
     def _enqueue(self, ops: list[Op]) -> None:
         self._pending_ops += len(ops)
@@ -513,16 +524,22 @@ class Engine:
         self, groups: Sequence[Sequence[Op]], last: int, error: BaseException | None
     ) -> None:
         n_patterns = n_updates = 0
+        touched: set[str] = set()
         for group in groups:
             for op in group:
                 if isinstance(op, Learn):
                     n_updates += 1
                 else:
                     n_patterns += 1
+                    touched.add(op.type if isinstance(op, Delete) else op.row[_TYPE_AT])
                 pid = op.id
                 pending = self._pending.get(pid)
                 if pending is not None and pending[0] == op.sequence:
                     del self._pending[pid]
+        if touched:
+            # Again at commit: a BOUNDED reply computed from SQLite between the accept and
+            # the commit of a store must not outlive the commit.
+            self.l3.invalidate(touched)
         self._pending_ops -= n_patterns + n_updates
         self._pending_patterns -= n_patterns
         self._pending_updates -= n_updates
@@ -541,7 +558,8 @@ class Engine:
             self._failure = error
             # Pending states were never written: forget them and what was cached from them.
             self._pending.clear()
-            self._l1.clear()
+            self._tiers.clear()
+            self.l3.clear()
             if self.on_failure is not None:
                 self.on_failure(error)
         exc = StorageError(f"the write was not committed: {error}")
@@ -567,12 +585,30 @@ class Engine:
 
     def cache_figures(self) -> list[tuple[str, int, int, int, int, int]]:
         """(tier, hits, misses, evictions, entries, bytes) per cache tier."""
-        c = self._l1
-        return [("l1", c.hits, c.misses, c.evictions, len(c), c.currsize)]
+        q3 = self.l3
+        return [
+            *self._tiers.figures(),
+            ("l3", q3.hits, q3.misses, q3.evictions, len(q3), q3.currsize),
+        ]
 
     def l1_window_size(self) -> int | None:
-        window = getattr(self._l1, "window_size", None)
+        window = getattr(self._tiers.l1, "window_size", None)
         return window if isinstance(window, int) else None
+
+    def warm(self, count: int) -> tuple[int, float]:
+        """Load the ``count`` patterns most likely to be read into the caches.
+
+        Runs before the server reports SERVING, on a helper thread: nothing else touches
+        the caches yet. Returns (patterns loaded, seconds).
+        """
+        started = time.perf_counter()
+        if count <= 0:
+            return 0, 0.0
+        rows = self._pool.query("warm", q.SELECT_WARM, (count,))
+        # Least likely first, so the most likely end up the most recently used.
+        for row in reversed(rows):
+            self._tiers.fill(row[0], row_to_pattern(row).SerializeToString())
+        return len(rows), time.perf_counter() - started
 
     def count_patterns(self) -> int:
         rows = self._pool.query("count_patterns", q.COUNT_PATTERNS)

@@ -59,6 +59,7 @@ class Learn:
 class Delete:
     sequence: int
     id: str
+    type: str  # of the deleted pattern: the query cache invalidates by type
 
 
 Op = Put | Learn | Delete

@@ -13,6 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .cache import make_cache
+from .cache.l2 import CompressedCache
+from .cache.l3 import QueryCache
+from .cache.tiers import PatternTiers
 from .config import Settings
 from .engine import Clock, Engine
 from .metrics import SERVICE, Metrics, StateReading
@@ -63,8 +66,15 @@ class PatternStoreServer:
             ConnectionOptions(s.synchronous, s.busy_timeout_ms, s.wal_autocheckpoint_pages),
             observer=self.metrics.observe_query,
         )
-        l1 = make_cache(s.l1_policy, s.l1_max_entries, s.l1_max_bytes)
-        self.engine = Engine(s, self.pool, l1, self._clock)
+        l2 = CompressedCache(s.l2_max_bytes, s.l2_ttl_s) if s.l2_max_bytes > 0 else None
+        l1 = make_cache(
+            s.l1_policy,
+            s.l1_max_entries,
+            s.l1_max_bytes,
+            on_evict=None if l2 is None else l2.put,
+        )
+        l3 = QueryCache(s.l3_max_entries, s.l3_max_staleness_ms / 1000.0)
+        self.engine = Engine(s, self.pool, PatternTiers(l1, l2), l3, self._clock)
         self.engine.committer.batch_observer = self.metrics.observe_batch
         self.engine.on_failure = self._on_failure
         self.engine.start(asyncio.get_running_loop())
@@ -98,6 +108,10 @@ class PatternStoreServer:
             self._http.start()
             self.metrics_port = self._http.port
             metrics_addr = f"{mhost}:{self.metrics_port}"
+        warmed, seconds = await asyncio.get_running_loop().run_in_executor(
+            None, self.engine.warm, s.warm_count
+        )
+        log.info("warmed %d patterns into the caches in %.2f s", warmed, seconds)
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._serving = True

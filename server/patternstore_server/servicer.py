@@ -191,10 +191,19 @@ class PatternStoreServicer:
     async def query_patterns(self, raw: bytes) -> bytes:
         req = _parse(pb.QueryPatternsRequest, raw)
         spec = parse_query(req)
+        l3 = self._engine.l3
+        key = spec.cache_key()
         if req.consistency == pb.CONSISTENCY_STRONG:
             await self._engine.wait_durable()
+        else:
+            cached = l3.get(key)
+            if cached is not None:
+                return cached
+        epoch = l3.epoch(spec.type)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._queries, run_query, self._pool, spec)
+        reply = await loop.run_in_executor(self._queries, run_query, self._pool, spec)
+        l3.put(key, spec.type, reply, epoch)
+        return reply
 
     # -- writes --------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ __all__ = [
     "PRUNE_OUTCOME_REQUESTS",
     "SELECT_PATTERN",
     "SELECT_PATTERNS_IN",
+    "SELECT_WARM",
     "UPDATE_LEARNED",
     "UPSERT_PATTERN",
     "query_sql",
@@ -72,6 +73,9 @@ UPSERT_PATTERN = (
 # An outcome rewrites only the learned columns: the payload blobs stay where they are.
 # Parameters: LEARNED_FIELDS, then the id.
 UPDATE_LEARNED = f"UPDATE patterns SET {', '.join(f'{c} = ?' for c in LEARNED_FIELDS)} WHERE id = ?"
+
+# Start-up warming: the most used patterns, then the most trusted (index patterns_usage).
+SELECT_WARM = f"SELECT {COLUMNS} FROM patterns ORDER BY usage_count DESC, confidence DESC LIMIT ?"
 
 DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
 

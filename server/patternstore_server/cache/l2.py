@@ -1,0 +1,108 @@
+"""L2: serialised patterns kept zstd-compressed, bounded in compressed bytes, with a TTL.
+
+Entries leave in insertion order (FIFO), which is also expiry order, so both the byte
+bound and the TTL are enforced by popping from one end. Values are compressed with the
+payload codec (a format byte in front; a trained dictionary plugs in through the
+encoder), so a value that does not shrink is kept raw at the cost of one byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..codecs import payload
+
+__all__ = ["CompressedCache"]
+
+
+class CompressedCache:
+    """Not thread-safe: the server touches it from the event loop thread only."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        ttl_s: float,
+        *,
+        level: int = 3,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._timer = timer
+        self._encoder = payload.PayloadEncoder(level=level)
+        # key -> (expires at, compressed value), oldest insertion first.
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.currsize = 0
+        self.raw_bytes = 0  # what the entries held occupy decompressed, for the ratio
+        self._raw_sizes: dict[str, int] = {}
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self.expirations = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry[0] <= self._timer():
+            self._remove(key)
+            self.expirations += 1
+            self.misses += 1
+            return None
+        self.hits += 1
+        return payload.decode(entry[1], {})
+
+    def put(self, key: str, value: bytes) -> None:
+        blob = self._encoder.encode(value)
+        if len(blob) > self.max_bytes:
+            return
+        if key in self._data:
+            self._remove(key)
+        self._data[key] = (self._timer() + self.ttl_s, blob)
+        self.currsize += len(blob)
+        self.raw_bytes += len(value)
+        self._raw_sizes[key] = len(value)
+        self._shrink()
+
+    def discard(self, key: str) -> None:
+        if key in self._data:
+            self._remove(key)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._raw_sizes.clear()
+        self.currsize = self.raw_bytes = 0
+
+    def purge_expired(self) -> int:
+        """Drop entries whose TTL passed (they sit at the old end); return how many."""
+        now = self._timer()
+        n = 0
+        while self._data:
+            key, (expires, _) = next(iter(self._data.items()))
+            if expires > now:
+                break
+            self._remove(key)
+            n += 1
+        self.expirations += n
+        return n
+
+    def _shrink(self) -> None:
+        self.purge_expired()
+        while self.currsize > self.max_bytes:
+            key = next(iter(self._data))
+            self._remove(key)
+            self.evictions += 1
+
+    def _remove(self, key: str) -> None:
+        _, blob = self._data.pop(key)
+        self.currsize -= len(blob)
+        self.raw_bytes -= self._raw_sizes.pop(key)

@@ -1,0 +1,57 @@
+"""The coordinator of the pattern tiers: L1 (decoded, adaptive) over L2 (compressed, TTL).
+
+Lookup: L1, then L2 (a hit is promoted to L1), then the caller's loader (SQLite), whose
+result fills L1 and L2. L1's capacity evictions fall to L2. A write invalidates both
+tiers before its reply is sent. Not thread-safe: used from the event loop thread only.
+"""
+
+from __future__ import annotations
+
+from .base import Cache
+from .l2 import CompressedCache
+
+__all__ = ["PatternTiers"]
+
+
+class PatternTiers:
+    def __init__(self, l1: Cache, l2: CompressedCache | None) -> None:
+        self.l1 = l1
+        self.l2 = l2
+
+    def get(self, key: str) -> bytes | None:
+        data = self.l1.get(key)
+        if data is not None or self.l2 is None:
+            return data
+        data = self.l2.get(key)
+        if data is not None:
+            self.l1[key] = data
+        return data
+
+    def fill(self, key: str, data: bytes) -> None:
+        """Cache what was read from SQLite (or from the pending state) in both tiers."""
+        self.l1[key] = data
+        if self.l2 is not None:
+            self.l2.put(key, data)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.l1 or (self.l2 is not None and key in self.l2)
+
+    def invalidate(self, key: str) -> None:
+        if key in self.l1:
+            del self.l1[key]
+        if self.l2 is not None:
+            self.l2.discard(key)
+
+    def clear(self) -> None:
+        self.l1.clear()
+        if self.l2 is not None:
+            self.l2.clear()
+
+    def figures(self) -> list[tuple[str, int, int, int, int, int]]:
+        """(tier, hits, misses, evictions, entries, bytes) for l1 and l2."""
+        c = self.l1
+        out = [("l1", c.hits, c.misses, c.evictions, len(c), c.currsize)]
+        if self.l2 is not None:
+            m = self.l2
+            out.append(("l2", m.hits, m.misses, m.evictions, len(m), m.currsize))
+        return out

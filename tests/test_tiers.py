@@ -1,0 +1,139 @@
+"""L2 (compressed, TTL), L3 (query replies) and their coherence with writes, end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from patternstore import (
+    CONSISTENCY_STRONG,
+    DURABILITY_QUEUED,
+    Pattern,
+    PatternStoreClient,
+    update_request,
+)
+from patternstore_server.cache.l2 import CompressedCache
+from patternstore_server.cache.l3 import QueryCache
+
+from .conftest import FakeClock
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_l2_round_trip_compresses_and_expires() -> None:
+    t = Timer()
+    l2 = CompressedCache(max_bytes=10_000, ttl_s=5, timer=t)
+    value = b'{"steps": ["grep", "edit", "test"]}' * 20
+    l2.put("a", value)
+    assert l2.get("a") == value
+    assert l2.currsize < len(value) / 4
+    l2.put("noise", bytes(range(256)))  # does not shrink: kept raw with a format byte
+    assert l2.get("noise") == bytes(range(256))
+    t.now += 5.01
+    assert l2.get("a") is None and len(l2) == 1  # expired on read; noise purged later
+    assert l2.purge_expired() == 1 and len(l2) == 0 and l2.currsize == 0
+
+
+def test_l2_byte_bound_evicts_oldest_first() -> None:
+    l2 = CompressedCache(max_bytes=600, ttl_s=60, timer=Timer())
+    for i in range(10):
+        l2.put(f"k{i}", bytes([i]) * 7 + bytes(range(200)))  # ~200 B each after compression
+        assert l2.currsize <= 600
+    assert "k9" in l2 and "k0" not in l2
+    assert l2.evictions > 0
+
+
+def test_l3_staleness_invalidation_and_epochs() -> None:
+    t = Timer()
+    l3 = QueryCache(max_entries=3, max_staleness_s=1.0, timer=t)
+    e = l3.epoch("plan")
+    assert l3.put(("plan", 1), "plan", b"r1", e)
+    assert l3.put(("", 1), "", b"any", l3.epoch(""))
+    assert l3.put(("tool", 1), "tool", b"t", l3.epoch("tool"))
+    assert l3.get(("plan", 1)) == b"r1"
+    l3.invalidate(["plan"])  # a store of a plan: plan and any-type replies go
+    assert l3.get(("plan", 1)) is None and l3.get(("", 1)) is None
+    assert l3.get(("tool", 1)) == b"t"
+    # A reply computed across an invalidation of its type is not cached.
+    assert not l3.put(("plan", 2), "plan", b"stale", e)
+    t.now += 1.01
+    assert l3.get(("tool", 1)) is None  # older than max_staleness
+
+
+def _p(pid: str, ptype: str = "plan") -> Pattern:
+    return Pattern(id=pid, type=ptype, data=b'{"a": 1}' * 10)
+
+
+def test_a_store_makes_a_stale_query_reply_impossible(client: PatternStoreClient) -> None:
+    client.store_pattern(_p("a"))
+    ids = lambda **kw: [p.id for p in client.query_patterns(**kw).patterns]  # noqa: E731
+    assert ids(type="plan") == ["a"] and ids() == ["a"]
+    assert ids(type="plan") == ["a"]  # now from L3
+    client.store_pattern(_p("b"), durability=DURABILITY_QUEUED)
+    client.flush()
+    assert ids(type="plan") == ["a", "b"] and ids() == ["a", "b"]
+    client.store_pattern(_p("b", "tool"))  # a type change leaves the old type's replies
+    assert ids(type="plan") == ["a"] and ids(type="tool") == ["b"]
+    client.delete_pattern("a")
+    assert ids(type="plan") == [] and ids() == ["b"]
+    l3 = {c.tier: c for c in client.get_stats().caches}["l3"]
+    assert l3.hits >= 1
+
+
+def test_confidence_changes_may_lag_bounded_but_not_strong(client: PatternStoreClient) -> None:
+    client.store_patterns([_p("a"), _p("b")])
+    first = client.query_patterns("plan").patterns
+    assert [p.id for p in first] == ["a", "b"]
+    client.update_confidence("b", "success")
+    strong = client.query_patterns("plan", consistency=CONSISTENCY_STRONG).patterns
+    assert [p.id for p in strong] == ["b", "a"]
+
+
+def test_read_your_writes_across_tiers_with_outcomes_streaming(
+    start_server: Any, clock: FakeClock
+) -> None:
+    srv = start_server(clock, l1_max_entries=2, l2_max_bytes=1 << 20)
+    with PatternStoreClient(srv.target) as c:
+        c.store_patterns([_p(f"p{i}") for i in range(6)])
+        for round_ in range(1, 4):
+            c.record_outcomes([update_request(f"p{i}", "success") for i in range(6)])
+            for i in range(6):  # more ids than L1 holds: reads go through L2 and SQLite
+                assert c.get_pattern(f"p{i}").usage_count == round_
+            got = c.get_patterns([f"p{i}" for i in range(6)])
+            assert [p.usage_count for p in got.patterns] == [round_] * 6
+        tiers = {t.tier: t for t in c.get_stats().caches}
+        assert tiers["l1"].entries <= 2 and tiers["l1"].evictions > 0
+        assert tiers["l2"].entries > 0
+
+
+def test_l1_evictions_fall_to_l2(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, l1_max_entries=2)
+    with PatternStoreClient(srv.target) as c:
+        c.store_patterns([_p(f"p{i}") for i in range(5)])
+        for i in range(5):
+            c.get_pattern(f"p{i}")  # fills L1 and L2
+        before = {t.tier: t for t in c.get_stats().caches}["l2"].hits
+        for i in range(5):
+            c.get_pattern(f"p{i}")
+        after = {t.tier: t for t in c.get_stats().caches}["l2"].hits
+        assert after - before >= 3  # what L1 could not hold came from L2, not SQLite
+
+
+def test_warming_fills_the_caches_before_serving(start_server: Any, clock: FakeClock) -> None:
+    first = start_server(clock)
+    with PatternStoreClient(first.target) as c:
+        c.store_patterns([_p(f"p{i}") for i in range(50)])
+        c.update_confidence("p7", "success")
+    first.stop()
+    second = start_server(clock, warm_count=10)
+    with PatternStoreClient(second.target) as c:
+        l1 = {t.tier: t for t in c.get_stats().caches}["l1"]
+        assert l1.entries == 10
+        c.get_pattern("p7")  # the most used pattern was warmed: a hit, not a miss
+        l1_after = {t.tier: t for t in c.get_stats().caches}["l1"]
+        assert l1_after.hits == l1.hits + 1
