@@ -322,7 +322,7 @@ def test_health_reflection_and_metrics(server: RunningServer, client: PatternSto
     url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert (
-        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="GetPattern",'
+        'grpc_server_handled_total{grpc_code="NotFound",grpc_method="GetPattern",'
         'grpc_service="patternstore.v1.PatternStore",grpc_type="unary"} 1.0'
     ) in text
     assert "grpc_server_handling_seconds_bucket" in text

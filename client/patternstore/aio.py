@@ -31,11 +31,21 @@ class AsyncPatternStoreClient:
         retry: r.RetryPolicy | None = None,
         channel: grpc.aio.Channel | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target, options=r.CHANNEL_OPTIONS)
+        if channel is None:
+            creds = r.credentials(tls_ca, tls_cert, tls_key)
+            if creds is None:
+                channel = grpc.aio.insecure_channel(target, options=r.CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(target, creds, options=r.CHANNEL_OPTIONS)
+        self._channel = channel
         self.timeout = timeout
         self.retry = retry or r.RetryPolicy()
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata) + r.auth_metadata(token)
         self._unary = {
             name: self._channel.unary_unary(
                 f"/{r.SERVICE}/{name}",

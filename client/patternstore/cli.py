@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
+from patternstore_server.errors import StorageError
+from patternstore_server.storage.backup import check_copy
 
 from .client import PatternStoreClient
 from .v1 import patternstore_pb2 as pb
@@ -149,6 +153,42 @@ def _cmd_health(c: PatternStoreClient, a: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _cmd_backup(c: PatternStoreClient, a: argparse.Namespace) -> None:
+    header = c.backup(a.out)
+    check_copy(Path(a.out))
+    print(
+        json.dumps(
+            {
+                "out": a.out,
+                "bytes": header.total_bytes,
+                "durable_sequence": header.durable_sequence,
+                "integrity": "ok",
+            }
+        )
+    )
+
+
+def _restore(a: argparse.Namespace) -> int:
+    """Copy a backup into an empty data directory (no server involved)."""
+    source = Path(a.source)
+    check_copy(source)
+    dest = Path(a.data_dir) / "patterns.db"
+    if dest.exists() and not a.force:
+        print(
+            f"patternstore: {dest} exists; stop the server and pass --force to replace it",
+            file=sys.stderr,
+        )
+        return 2
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{dest}{suffix}").unlink(missing_ok=True)
+    tmp = dest.with_name(dest.name + ".restoring")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+    print(json.dumps({"restored": str(dest), "from": str(source)}))
+    return 0
+
+
 def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:
     progress = _Progress("exported")
     out = sys.stdout if a.file == "-" else open(a.file, "w", encoding="utf-8")  # noqa: SIM115
@@ -180,6 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address host:port [env PATTERNSTORE_TARGET]",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PATTERNSTORE_TOKEN"),
+        help="bearer token [env PATTERNSTORE_TOKEN]",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("PATTERNSTORE_TLS_CA"),
+        help="PEM CA to trust: connect with TLS [env PATTERNSTORE_TLS_CA]",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("PATTERNSTORE_TLS_CERT"),
+        help="PEM client certificate for mutual TLS",
+    )
+    parser.add_argument(
+        "--tls-key", default=os.environ.get("PATTERNSTORE_TLS_KEY"), help="PEM key of --tls-cert"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("get", help="print patterns by id as JSON lines")
@@ -219,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", default="patternstore.v1.PatternStore")
     p.set_defaults(run=_cmd_health)
 
+    p = sub.add_parser("backup", help="copy the server's database online into a local file")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_cmd_backup)
+
+    p = sub.add_parser("restore", help="put a backup into an empty data directory (offline)")
+    p.add_argument("source")
+    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--force", action="store_true", help="replace an existing database")
+    p.set_defaults(run=None)
+
     p = sub.add_parser("export", help="write every pattern as JSON lines")
     p.add_argument("file", nargs="?", default="-")
     p.add_argument("--type", default="")
@@ -237,12 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with PatternStoreClient(args.target, timeout=args.timeout) as client:
+        if args.run is None:
+            return _restore(args)
+        with PatternStoreClient(
+            args.target,
+            timeout=args.timeout,
+            token=args.token,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        ) as client:
             args.run(client, args)
     except grpc.RpcError as exc:
         print(f"patternstore: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, json_format.ParseError) as exc:
+    except (OSError, ValueError, json_format.ParseError, StorageError) as exc:
         print(f"patternstore: {exc}", file=sys.stderr)
         return 2
     return 0

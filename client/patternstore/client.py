@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
@@ -38,11 +39,21 @@ class PatternStoreClient:
         retry: r.RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target, options=r.CHANNEL_OPTIONS)
+        if channel is None:
+            creds = r.credentials(tls_ca, tls_cert, tls_key)
+            if creds is None:
+                channel = grpc.insecure_channel(target, options=r.CHANNEL_OPTIONS)
+            else:
+                channel = grpc.secure_channel(target, creds, options=r.CHANNEL_OPTIONS)
+        self._channel = channel
         self.timeout = timeout
         self.retry = retry or r.RetryPolicy()
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata) + r.auth_metadata(token)
         self._unary = {
             name: self._channel.unary_unary(
                 f"/{r.SERVICE}/{name}",
@@ -142,6 +153,30 @@ class PatternStoreClient:
         stub: Any = health_pb2_grpc.HealthStub(self._channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def backup(self, out: str, *, timeout: float | None = None) -> pb.BackupChunk:
+        """Write a consistent copy of the server's database to ``out``; return its header.
+
+        The copy is written beside ``out`` and renamed when complete, so ``out`` never
+        holds a partial file.
+        """
+        call = self._channel.unary_stream(
+            f"/{r.SERVICE}/Backup",
+            request_serializer=pb.BackupRequest.SerializeToString,
+            response_deserializer=pb.BackupChunk.FromString,
+        )
+        header = pb.BackupChunk()
+        partial = f"{out}.partial"
+        with open(partial, "wb") as f:
+            for i, chunk in enumerate(
+                call(pb.BackupRequest(), timeout=timeout or 3600, metadata=self._metadata)
+            ):
+                if i == 0:
+                    header.total_bytes = chunk.total_bytes
+                    header.durable_sequence = chunk.durable_sequence
+                f.write(chunk.data)
+        os.replace(partial, out)
+        return header
 
     def flush(self) -> pb.FlushResponse:
         return self._call("Flush", pb.FlushRequest(), pb.FlushResponse, True)

@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         logging.getLogger("patternstore_server").error("cannot start: %s", exc)
         return 1
     return 0

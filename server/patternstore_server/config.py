@@ -91,7 +91,19 @@ class Settings:
         10_000, "patterns loaded into L1/L2 at start (most used, then most trusted)"
     )
     query_threads: int = _setting(2, "threads that run QueryPatterns against SQLite")
-    grace_s: float = _setting(10.0, "on SIGTERM, how long in-flight calls get to finish")
+    max_receive_bytes: int = _setting(
+        16 * 1024 * 1024, "largest request message accepted; larger gets RESOURCE_EXHAUSTED"
+    )
+    max_concurrent_rpcs: int = _setting(
+        0, "calls served at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit"
+    )
+    auth_tokens_file: str = _setting(
+        "", "file of 'TOKEN ROLE' lines (roles read, write, admin); empty = no auth"
+    )
+    tls_cert: str = _setting("", "PEM certificate chain; with tls_key, serve TLS")
+    tls_key: str = _setting("", "PEM private key of tls_cert")
+    tls_client_ca: str = _setting("", "PEM CA bundle; when set, clients must present a cert")
+    grace_s: float = _setting(8.0, "on SIGTERM, how long in-flight calls get to finish")
     log_level: str = _setting("INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR"))
 
 

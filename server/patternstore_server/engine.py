@@ -255,9 +255,14 @@ class Engine:
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance or later")
         if self._pending_ops + n_ops > self._queue_max:
+            # The queue drains about max_batch writes per commit: hint at that much time.
+            commits = self._pending_ops / max(1, self._settings.max_batch) + 1
+            per_commit = max(self._committer.last_commit_seconds, self._settings.max_delay_ms / 1e3)
+            retry_ms = max(1, round(commits * per_commit * 1000))
             raise Overloaded(
                 f"write queue full ({self._pending_ops} of {self._queue_max} queued writes "
-                f"not yet committed); back off and retry, or call Flush"
+                f"not yet committed); back off about {retry_ms} ms and retry, or call Flush",
+                retry_ms,
             )
 
     def _next_sequence(self) -> int:

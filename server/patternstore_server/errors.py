@@ -66,6 +66,11 @@ class VersionConflict(PatternStoreError):
 class Overloaded(PatternStoreError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        # Sent as trailing metadata "retry-after-ms": when the queue should have room.
+        self.retry_after_ms = retry_after_ms
+
 
 class ShuttingDown(PatternStoreError):
     code = grpc.StatusCode.UNAVAILABLE

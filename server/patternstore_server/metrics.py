@@ -69,6 +69,13 @@ class StateReading:
     l1_window: int | None
 
 
+def _go_code_name(code: grpc.StatusCode) -> str:
+    """NOT_FOUND -> NotFound: the spelling go-grpc-prometheus dashboards and alerts match."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
 class MethodMetrics:
     """The children one method updates, looked up once."""
 
@@ -82,7 +89,7 @@ class MethodMetrics:
         self._seconds = metrics.seconds.labels(*labels)
         self._handled = metrics.handled
         self._handled_by_code = {
-            code: metrics.handled.labels(*labels, code.name) for code in grpc.StatusCode
+            code: metrics.handled.labels(*labels, _go_code_name(code)) for code in grpc.StatusCode
         }
 
     def done(self, code: grpc.StatusCode, seconds: float) -> None:

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .auth import AuthInterceptor, load_tokens
 from .cache import make_cache
 from .cache.l2 import CompressedCache
 from .cache.l3 import QueryCache
@@ -28,7 +29,6 @@ __all__ = ["DB_NAME", "PatternStoreServer", "create_server", "serve"]
 log = logging.getLogger("patternstore_server")
 
 DB_NAME = "patterns.db"
-_MAX_MESSAGE = 64 * 1024 * 1024  # a 1M-value trajectory is 8 MiB; a batch may hold several
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -80,13 +80,18 @@ class PatternStoreServer:
         self.engine.start(asyncio.get_running_loop())
         self.servicer = PatternStoreServicer(self.engine, self.pool, self.metrics, s.query_threads)
 
+        interceptors = []
+        if s.auth_tokens_file:
+            interceptors.append(AuthInterceptor(load_tokens(s.auth_tokens_file)))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 # On by default: a second server would silently share the port.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", s.max_receive_bytes),
                 ("grpc.max_send_message_length", -1),
-            ]
+            ],
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         server.add_generic_rpc_handlers((self.servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -94,7 +99,11 @@ class PatternStoreServer:
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         host, _ = _split_address(s.listen)
-        self.port = server.add_insecure_port(s.listen)
+        credentials = _server_credentials(s)
+        if credentials is None:
+            self.port = server.add_insecure_port(s.listen)
+        else:
+            self.port = server.add_secure_port(s.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind {s.listen}")
         await server.start()
@@ -181,6 +190,21 @@ class PatternStoreServer:
     async def wait(self) -> None:
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _server_credentials(s: Settings) -> grpc.ServerCredentials | None:
+    if not (s.tls_cert or s.tls_key):
+        if s.tls_client_ca:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return None
+    if not (s.tls_cert and s.tls_key):
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    key = Path(s.tls_key).read_bytes()
+    chain = Path(s.tls_cert).read_bytes()
+    ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 async def create_server(settings: Settings, clock: Clock = time.time_ns) -> PatternStoreServer:

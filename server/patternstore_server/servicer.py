@@ -21,10 +21,11 @@ from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
 from .engine import Engine, OutcomeResult
-from .errors import InvalidArgument, NotFound, PatternStoreError
+from .errors import InvalidArgument, NotFound, Overloaded, PatternStoreError
 from .metrics import SERVICE, MethodMetrics, Metrics
 from .query import parse_query, run_query
 from .storage import ConnectionPool
+from .storage.backup import copy_database
 
 __all__ = ["PatternStoreServicer"]
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=Message)
 _Unary = Callable[[bytes], Awaitable[bytes]]
 
+_BACKUP_CHUNK = 1024 * 1024
 _PATTERNS_TAG = b"\x0a"  # GetPatternsResponse.patterns: field 1, length-delimited
 _MISSING_TAG = b"\x12"  # GetPatternsResponse.missing_ids: field 2, length-delimited
 
@@ -99,6 +101,9 @@ class PatternStoreServicer:
         handlers["RecordOutcomes"] = grpc.stream_unary_rpc_method_handler(
             self._wrap_stream(self._metrics.method("RecordOutcomes", "client_stream"))
         )
+        handlers["Backup"] = grpc.unary_stream_rpc_method_handler(
+            self._backup_handler(self._metrics.method("Backup", "server_stream"))
+        )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     # -- error mapping and metrics, once for every method -----------------------------
@@ -112,14 +117,17 @@ class PatternStoreServicer:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    # The caller gave up while the call queued: do no work for it.
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    await context.abort(code, "deadline passed before the call was served")
                 reply = await fn(request)
                 m.msg_sent.inc()
                 return reply
             except PatternStoreError as exc:
                 code = exc.code
-                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    self._metrics.rejected.inc()
-                await context.abort(code, str(exc))
+                await context.abort(code, str(exc), self._trailers(exc))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -147,9 +155,7 @@ class PatternStoreServicer:
                 return reply
             except PatternStoreError as exc:
                 code = exc.code
-                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    self._metrics.rejected.inc()
-                await context.abort(code, str(exc))
+                await context.abort(code, str(exc), self._trailers(exc))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -161,6 +167,12 @@ class PatternStoreServicer:
                 m.done(code, time.perf_counter() - started)
 
         return handle
+
+    def _trailers(self, exc: PatternStoreError) -> tuple[tuple[str, str], ...]:
+        if isinstance(exc, Overloaded):
+            self._metrics.rejected.inc()
+            return (("retry-after-ms", str(exc.retry_after_ms)),)
+        return ()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -204,6 +216,50 @@ class PatternStoreServicer:
         reply = await loop.run_in_executor(self._queries, run_query, self._pool, spec)
         l3.put(key, spec.type, reply, epoch)
         return reply
+
+    def _backup_handler(
+        self, m: MethodMetrics
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[bytes]]:
+        async def handle(
+            raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[bytes]:
+            m.started.inc()
+            m.msg_received.inc()
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                _parse(pb.BackupRequest, raw)
+                async for chunk in self.backup():
+                    m.msg_sent.inc()
+                    yield chunk
+            except PatternStoreError as exc:
+                code = exc.code
+                await context.abort(code, str(exc))
+            finally:
+                m.done(code, time.perf_counter() - started)
+
+        return handle
+
+    async def backup(self) -> AsyncIterator[bytes]:
+        """Copy the database beside it, stream the copy, delete it."""
+        loop = asyncio.get_running_loop()
+        path = self._pool.path.with_name(f"backup-{time.time_ns()}.db")
+        try:
+            durable = await loop.run_in_executor(None, copy_database, self._pool.path, path)
+            total = path.stat().st_size
+            with path.open("rb") as f:
+                first = True
+                while True:
+                    data = await loop.run_in_executor(None, f.read, _BACKUP_CHUNK)
+                    if not data and not first:
+                        return
+                    chunk = pb.BackupChunk(data=data)
+                    if first:
+                        chunk.total_bytes, chunk.durable_sequence = total, durable
+                        first = False
+                    yield chunk.SerializeToString()
+        finally:
+            path.unlink(missing_ok=True)
 
     # -- writes --------------------------------------------------------------------------
 

@@ -338,3 +338,17 @@ class Stats(_message.Message):
     wal_bytes: int
     uptime_seconds: float
     def __init__(self, caches: _Optional[_Iterable[_Union[CacheTierStats, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ..., batches_flushed: _Optional[int] = ..., items_committed: _Optional[int] = ..., durable_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., patterns: _Optional[int] = ..., database_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BackupChunk(_message.Message):
+    __slots__ = ("data", "total_bytes", "durable_sequence")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    durable_sequence: int
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., durable_sequence: _Optional[int] = ...) -> None: ...

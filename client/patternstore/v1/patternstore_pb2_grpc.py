@@ -89,6 +89,11 @@ class PatternStoreStub:
                 request_serializer=patternstore_dot_v1_dot_patternstore__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=patternstore_dot_v1_dot_patternstore__pb2.Stats.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/patternstore.v1.PatternStore/Backup',
+                request_serializer=patternstore_dot_v1_dot_patternstore__pb2.BackupRequest.SerializeToString,
+                response_deserializer=patternstore_dot_v1_dot_patternstore__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class PatternStoreServicer:
@@ -161,6 +166,13 @@ class PatternStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Needs the admin role when tokens are configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatternStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +230,11 @@ def add_PatternStoreServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=patternstore_dot_v1_dot_patternstore__pb2.GetStatsRequest.FromString,
                     response_serializer=patternstore_dot_v1_dot_patternstore__pb2.Stats.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=patternstore_dot_v1_dot_patternstore__pb2.BackupRequest.FromString,
+                    response_serializer=patternstore_dot_v1_dot_patternstore__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +534,33 @@ class PatternStore:
             '/patternstore.v1.PatternStore/GetStats',
             patternstore_dot_v1_dot_patternstore__pb2.GetStatsRequest.SerializeToString,
             patternstore_dot_v1_dot_patternstore__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/patternstore.v1.PatternStore/Backup',
+            patternstore_dot_v1_dot_patternstore__pb2.BackupRequest.SerializeToString,
+            patternstore_dot_v1_dot_patternstore__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,266 @@
+"""Tokens and roles, TLS and mutual TLS, backups, and the overload hint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient
+
+from .conftest import FakeClock
+from .proc import ServerProcess
+
+
+def _code(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc.value.code()  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text("# token role\nr-token read\nw-token write\na-token admin\n")
+    return path
+
+
+def test_roles(start_server: Any, clock: FakeClock, tokens: Path) -> None:
+    srv = start_server(clock, auth_tokens_file=str(tokens))
+    with PatternStoreClient(srv.target, token="a-token") as admin:
+        admin.store_pattern(Pattern(id="p", type="t"))
+        assert admin.get_stats().patterns == 1
+    with PatternStoreClient(srv.target) as anonymous:
+        with pytest.raises(grpc.RpcError) as exc:
+            anonymous.get_pattern("p")
+        assert _code(exc) == grpc.StatusCode.UNAUTHENTICATED
+        assert anonymous.health() == "SERVING"  # health stays open
+    with PatternStoreClient(srv.target, token="wrong") as stranger:
+        with pytest.raises(grpc.RpcError) as exc:
+            stranger.get_pattern("p")
+        assert _code(exc) == grpc.StatusCode.UNAUTHENTICATED
+    with PatternStoreClient(srv.target, token="r-token") as reader:
+        assert reader.get_pattern("p").id == "p"
+        with pytest.raises(grpc.RpcError) as exc:
+            reader.store_pattern(Pattern(id="q", type="t"))
+        assert _code(exc) == grpc.StatusCode.PERMISSION_DENIED
+        assert "write" in exc.value.details()  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as exc:
+            reader.record_outcomes([])
+        assert _code(exc) == grpc.StatusCode.PERMISSION_DENIED
+    with PatternStoreClient(srv.target, token="w-token") as writer:
+        writer.store_pattern(Pattern(id="q", type="t"))
+        writer.delete_pattern("q")
+        writer.flush()
+        with pytest.raises(grpc.RpcError) as exc:
+            writer.get_stats()
+        assert _code(exc) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    d = tmp_path / "certs"
+    d.mkdir()
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
+            cwd=d,
+        )
+    return d
+
+
+def test_tls_and_mutual_tls(start_server: Any, clock: FakeClock, certs: Path) -> None:
+    srv = start_server(clock, tls_cert=str(certs / "server.pem"), tls_key=str(certs / "server.key"))
+    with PatternStoreClient(srv.target, tls_ca=str(certs / "ca.pem")) as c:
+        c.store_pattern(Pattern(id="p", type="t"))
+        assert c.get_pattern("p").id == "p"
+    with PatternStoreClient(srv.target, timeout=3) as plain:  # plaintext to a TLS port
+        with pytest.raises(grpc.RpcError) as exc:
+            plain.get_pattern("p")
+        assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+    mtls = start_server(
+        clock,
+        tls_cert=str(certs / "server.pem"),
+        tls_key=str(certs / "server.key"),
+        tls_client_ca=str(certs / "ca.pem"),
+    )
+    with PatternStoreClient(mtls.target, tls_ca=str(certs / "ca.pem"), timeout=3) as no_cert:
+        with pytest.raises(grpc.RpcError) as exc:
+            no_cert.get_stats()
+        assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+    with PatternStoreClient(
+        mtls.target,
+        tls_ca=str(certs / "ca.pem"),
+        tls_cert=str(certs / "client.pem"),
+        tls_key=str(certs / "client.key"),
+    ) as c:
+        assert c.get_pattern("p").id == "p"
+
+
+def test_online_backup_holds_every_acknowledged_write(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data")
+    try:
+        with PatternStoreClient(server.target) as c:
+            for lo in (0, 1000):
+                c.store_patterns(
+                    [
+                        Pattern(id=f"before-{i}", type="b", data=b"x" * 300)
+                        for i in range(lo, lo + 1000)
+                    ]
+                )
+            c.update_confidence("before-7", "success")
+            acked = c.get_pattern("before-7")
+            stop = threading.Event()
+
+            def keep_writing() -> None:
+                with PatternStoreClient(server.target) as w:
+                    i = 0
+                    while not stop.is_set():
+                        w.store_pattern(Pattern(id=f"during-{i}", type="d"))
+                        i += 1
+
+            writer = threading.Thread(target=keep_writing)
+            writer.start()
+            try:
+                out = tmp_path / "copy.db"
+                r = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "patternstore.cli",
+                        "--target",
+                        server.target,
+                        "backup",
+                        "--out",
+                        str(out),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            finally:
+                stop.set()
+                writer.join(30)
+            assert r.returncode == 0, r.stderr
+            assert '"integrity": "ok"' in r.stdout
+    finally:
+        server.close()
+    restored = tmp_path / "restored"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "patternstore.cli",
+            "restore",
+            str(out),
+            "--data-dir",
+            str(restored),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    again = ServerProcess(restored)
+    try:
+        with PatternStoreClient(again.target) as c:
+            for lo in (0, 1000):
+                got = c.get_patterns([f"before-{i}" for i in range(lo, lo + 1000)])
+                assert not got.missing_ids
+            p = c.get_pattern("before-7")
+            assert (p.version, p.confidence) == (acked.version, acked.confidence)
+    finally:
+        again.close()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "patternstore.cli",
+            "restore",
+            str(out),
+            "--data-dir",
+            str(restored),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--force" in r.stderr  # never overwrites by accident
+
+
+def test_overload_carries_a_retry_hint(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, queue_max=2, max_delay_ms=500.0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="a", type="t"), durability=DURABILITY_QUEUED)
+        c.store_pattern(Pattern(id="b", type="t"), durability=DURABILITY_QUEUED)
+        with pytest.raises(grpc.RpcError) as exc:
+            c.store_pattern(Pattern(id="c", type="t"), durability=DURABILITY_QUEUED)
+    assert _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailers = dict(exc.value.trailing_metadata())  # type: ignore[attr-defined]
+    assert int(trailers["retry-after-ms"]) >= 1
+
+
+def test_oversized_message_is_refused(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, max_receive_bytes=1024 * 1024)
+    with PatternStoreClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as exc:
+            c.store_patterns([Pattern(id=f"p{i}", type="t", data=b"x" * 600_000) for i in range(2)])
+        assert _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert c.store_pattern(Pattern(id="ok", type="t")).created
+    with grpc.insecure_channel(srv.target) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
