@@ -29,7 +29,8 @@ class PatternTiers:
 
     def fill(self, key: str, data: bytes) -> None:
         """Cache what was read from SQLite (or from the pending state) in both tiers."""
-        self.l1[key] = data
+        if self.l1.getsizeof(data) <= self.l1.max_bytes:
+            self.l1[key] = data
         if self.l2 is not None:
             self.l2.put(key, data)
 
