@@ -40,5 +40,7 @@ def test_flag_beats_environment_beats_default() -> None:
 def test_bad_values_name_the_setting() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         load_settings(["--max-batch", "many"], environ={})
+    with pytest.raises(ValueError, match="prior_alpha"):
+        load_settings(["--prior-alpha", "0"], environ={})
     with pytest.raises(ValueError, match="confidence_model"):
         load_settings([], environ={"PATTERNSTORE_CONFIDENCE_MODEL": "magic"})

@@ -71,6 +71,15 @@ class Settings:
     dedup_window: int = _setting(
         100_000, "outcome request_ids remembered (and persisted) to answer retries unapplied"
     )
+    embedding_storage: str = _setting(
+        "float32",
+        "embeddings at rest: float32 (exact); float16, int16, int8 are lossy (see codecs DESIGN)",
+        ("float32", "float16", "int16", "int8"),
+    )
+    zstd_level: int = _setting(3, "zstd level of stored payloads")
+    zstd_dict_min_samples: int = _setting(
+        1000, "distinct payloads stored before a zstd dictionary is trained on them"
+    )
     l1_policy: str = _setting(
         "adaptive",
         "L1 eviction policy: adaptive (W-TinyLFU), lru or lfu",
@@ -169,4 +178,23 @@ def load_settings(
         except ValueError as exc:
             raise ValueError(f"setting {s.name}: cannot use {raw!r}: {exc}") from None
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    """Values that parse but cannot work: refuse them at start, naming the setting."""
+    problems = {
+        "prior_alpha": s.prior_alpha > 0,
+        "prior_beta": s.prior_beta > 0,
+        "decay_factor": 0 < s.decay_factor <= 1,
+        "decay_period_s": s.decay_period_s > 0,
+        "max_batch": s.max_batch >= 1,
+        "queue_max": s.queue_max >= 1,
+        "max_delay_ms": s.max_delay_ms >= 0,
+        "learning_rate": s.learning_rate > 0,
+    }
+    bad = [name for name, ok in problems.items() if not ok]
+    if bad:
+        raise ValueError(f"setting {bad[0]}: {getattr(s, bad[0])!r} is out of range")

@@ -48,6 +48,7 @@ from .model import (
 )
 from .storage import ConnectionPool
 from .storage import queries as q
+from .storage.blobs import PayloadStore
 
 __all__ = ["Engine", "OutcomeResult", "StoreResult"]
 
@@ -149,8 +150,16 @@ class Engine:
                 list(writer.execute(q.LOAD_OUTCOME_REQUESTS, (settings.dedup_window,)))
             ):
                 self._remembered[rid] = _Remembered(pid, seq, conf)
+        self.blobs = PayloadStore(
+            writer,
+            pool.dictionaries,
+            level=settings.zstd_level,
+            dict_min_samples=settings.zstd_dict_min_samples,
+            embedding_storage=settings.embedding_storage,
+        )
         self._committer = GroupCommitter(
             writer,
+            self.blobs,
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000.0,
             reserve_gap=self._queue_max,
@@ -199,7 +208,7 @@ class Engine:
             rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
             if not rows:
                 return None
-            data = row_to_pattern(rows[0]).SerializeToString()
+            data = row_to_pattern(rows[0], self._pool.dictionaries).SerializeToString()
         self._tiers.fill(pid, data)
         return data
 
@@ -226,7 +235,7 @@ class Engine:
             sql = q.SELECT_PATTERNS_IN.format(",".join("?" * len(keys)))
             rows = self._pool.query("get_patterns", sql, keys)
             for row in rows:
-                data = row_to_pattern(row).SerializeToString()
+                data = row_to_pattern(row, self._pool.dictionaries).SerializeToString()
                 self._tiers.fill(row[0], data)
                 for i in misses[row[0]]:
                     found[i] = data
@@ -243,7 +252,7 @@ class Engine:
         if data is not None:
             return pb.Pattern.FromString(data)
         rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
-        return row_to_pattern(rows[0]) if rows else None
+        return row_to_pattern(rows[0], self._pool.dictionaries) if rows else None
 
     # -- writes ------------------------------------------------------------------------
 
@@ -612,7 +621,9 @@ class Engine:
         rows = self._pool.query("warm", q.SELECT_WARM, (count,))
         # Least likely first, so the most likely end up the most recently used.
         for row in reversed(rows):
-            self._tiers.fill(row[0], row_to_pattern(row).SerializeToString())
+            self._tiers.fill(
+                row[0], row_to_pattern(row, self._pool.dictionaries).SerializeToString()
+            )
         return len(rows), time.perf_counter() - started
 
     def count_patterns(self) -> int:

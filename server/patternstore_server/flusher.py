@@ -26,6 +26,7 @@ import apsw
 
 from .errors import StorageError, storage_errors
 from .storage import queries as q
+from .storage.blobs import PayloadStore
 
 __all__ = ["Delete", "GroupCommitter", "Learn", "Op", "Put"]
 
@@ -71,6 +72,7 @@ class GroupCommitter:
     def __init__(
         self,
         conn: apsw.Connection,
+        blobs: PayloadStore,
         *,
         max_batch: int,
         max_delay_s: float,
@@ -81,6 +83,7 @@ class GroupCommitter:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conn = conn
+        self._blobs = blobs
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._reserve_gap = reserve_gap
@@ -176,6 +179,8 @@ class GroupCommitter:
                     log.exception("group commit failed; refusing further writes")
                     self._failure = error = exc
             self._on_commit(batch, last, error)
+            if error is None:
+                self._train_if_due()
             if error is None and self._wal_pages >= self._checkpoint_pages:
                 self._checkpoint(apsw.SQLITE_CHECKPOINT_PASSIVE)
         if self._failure is None:
@@ -208,9 +213,13 @@ class GroupCommitter:
         if self.batch_observer is not None:
             self.batch_observer(n, elapsed)
 
-    @staticmethod
-    def _apply(conn: apsw.Connection, batch: list[Sequence[Op]]) -> int:
-        """Execute the ops in order; runs of one kind go through one executemany."""
+    def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> int:
+        """Execute the ops in order; runs of outcomes go through one executemany.
+
+        Stores and deletes run one by one: each reads the blob reference the previous
+        op on the same id may have just changed.
+        """
+        blobs = self._blobs
         run_kind: type | None = None
         run: list[tuple[Any, ...]] = []
         remembered: list[tuple[str, str, int, float]] = []
@@ -233,13 +242,21 @@ class GroupCommitter:
                     if op.request_id:
                         remembered.append((op.request_id, op.id, op.sequence, op.row[0]))
                 elif isinstance(op, Put):
-                    run.append(op.row)
+                    conn.execute(q.UPSERT_PATTERN, blobs.put_row(conn, op.row))
                 else:
-                    run.append((op.id,))
+                    blobs.delete_row(conn, op.id)
+                    conn.execute(q.DELETE_PATTERN, (op.id,))
         flush_run()
         if remembered:
             conn.executemany(q.INSERT_OUTCOME_REQUEST, remembered)
         return n
+
+    def _train_if_due(self) -> None:
+        # After the commit was reported: waiters never wait for a training.
+        try:
+            self._blobs.maybe_train(self._conn)
+        except Exception:
+            log.exception("training a payload dictionary failed; keeping the current one")
 
     def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         self._wal_pages = pages

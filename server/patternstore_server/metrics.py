@@ -67,6 +67,9 @@ class StateReading:
     checkpoints: int
     busy_retries: int
     l1_window: int | None
+    codec_bytes_in: dict[str, int]
+    codec_bytes_out: dict[str, int]
+    dictionaries: int
 
 
 def _go_code_name(code: grpc.StatusCode) -> str:
@@ -245,6 +248,20 @@ class _StateCollector(Collector):
         )
         busy.add_metric([], s.busy_retries)
         yield busy
+        codec_in = CounterMetricFamily(
+            "patternstore_codec_bytes_in",
+            "Raw bytes given to the codecs, by field.",
+            labels=["field"],
+        )
+        codec_out = CounterMetricFamily(
+            "patternstore_codec_bytes_out", "Bytes the codecs stored, by field.", labels=["field"]
+        )
+        for field, n in s.codec_bytes_in.items():
+            codec_in.add_metric([field], n)
+            codec_out.add_metric([field], s.codec_bytes_out[field])
+        yield codec_in
+        yield codec_out
+        yield _gauge("patternstore_dictionaries", "Trained payload dictionaries.", s.dictionaries)
         if s.l1_window is not None:
             yield _gauge(
                 "patternstore_cache_l1_window_entries",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from patternstore.v1 import patternstore_pb2 as pb
 
+from .codecs import payload
 from .confidence import Evidence, lower_bound
+from .storage.blobs import decode_embedding, decode_trajectory
 
 __all__ = [
     "evidence_of",
@@ -25,8 +27,8 @@ __all__ = [
 _NS = 1_000_000_000
 
 
-def row_to_pattern(row: Sequence[Any]) -> pb.Pattern:
-    """Build a Pattern from a row in storage.queries.COLUMNS order."""
+def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.Pattern:
+    """Build a Pattern from a row in storage.queries.COLUMNS order (fields still encoded)."""
     (
         pid,
         ptype,
@@ -53,7 +55,7 @@ def row_to_pattern(row: Sequence[Any]) -> pb.Pattern:
         type=ptype,
         name=name,
         description=description,
-        data=data,
+        data=payload.decode(data, dictionaries),
         confidence=confidence,
         alpha=alpha,
         beta=beta,
@@ -63,10 +65,10 @@ def row_to_pattern(row: Sequence[Any]) -> pb.Pattern:
         version=version,
     )
     if embedding:
-        p.embedding.extend(np.frombuffer(embedding, dtype="<f4").tolist())
+        p.embedding.extend(decode_embedding(embedding))
     if dims:
         p.trajectory.dims = dims
-        p.trajectory.values.extend(np.frombuffer(trajectory, dtype="<f8").tolist())
+        p.trajectory.values.extend(decode_trajectory(trajectory))
     if metadata != "{}":
         p.metadata.update(json.loads(metadata))
     set_ns(p.created_at, created_ns)

@@ -74,7 +74,7 @@ def run_query(pool: ConnectionPool, spec: QuerySpec) -> bytes:
     rows = pool.query(f"query_{spec.order}", sql, params)
     resp = pb.QueryPatternsResponse()
     for row in rows[: spec.limit]:
-        resp.patterns.append(row_to_pattern(row))
+        resp.patterns.append(row_to_pattern(row, pool.dictionaries))
     if len(rows) > spec.limit:
         last = rows[spec.limit - 1]
         resp.next_page_token = _encode_token(spec, last[-1], last[0])

@@ -167,6 +167,9 @@ class PatternStoreServer:
             checkpoints=e.committer.checkpoints,
             busy_retries=self.pool.busy_retries,
             l1_window=e.l1_window_size(),
+            codec_bytes_in=dict(e.blobs.bytes_in),
+            codec_bytes_out=dict(e.blobs.bytes_out),
+            dictionaries=len(self.pool.dictionaries),
         )
 
     async def stop(self, grace: float | None = None) -> None:

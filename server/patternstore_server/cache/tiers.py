@@ -24,13 +24,17 @@ class PatternTiers:
             return data
         data = self.l2.get(key)
         if data is not None:
-            self.l1[key] = data
+            self._offer_l1(key, data)
         return data
+
+    def _offer_l1(self, key: str, data: bytes) -> None:
+        # A pattern larger than all of L1 is served from L2 and SQLite only.
+        if self.l1.getsizeof(data) <= self.l1.max_bytes:
+            self.l1[key] = data
 
     def fill(self, key: str, data: bytes) -> None:
         """Cache what was read from SQLite (or from the pending state) in both tiers."""
-        if self.l1.getsizeof(data) <= self.l1.max_bytes:
-            self.l1[key] = data
+        self._offer_l1(key, data)
         if self.l2 is not None:
             self.l2.put(key, data)
 

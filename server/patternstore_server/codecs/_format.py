@@ -11,6 +11,7 @@ import zstandard
 
 __all__ = [
     "CodecError",
+    "bounded_decompress",
     "decode_varint",
     "encode_varint",
     "magicless_params",
@@ -77,6 +78,24 @@ def zstd_compressor(level: int) -> zstandard.ZstdCompressor:
         compressor = zstandard.ZstdCompressor(compression_params=magicless_params(level))
         cache[level] = compressor
     return compressor
+
+
+def bounded_decompress(decompressor: zstandard.ZstdDecompressor, frame: bytes, limit: int) -> bytes:
+    """Decompress a magicless frame whose header claims at most ``limit`` bytes.
+
+    One-shot decompression allocates the size the frame header claims before reading
+    the frame, so a 14-byte corrupt blob claiming 2**50 bytes would raise MemoryError
+    (or take gigabytes); check the claim first.
+    """
+    try:
+        claimed = zstandard.get_frame_parameters(
+            frame, zstandard.FORMAT_ZSTD1_MAGICLESS
+        ).content_size
+    except zstandard.ZstdError as exc:
+        raise CodecError(f"corrupt zstd frame header: {exc}") from exc
+    if claimed > limit:  # an unknown size reads as a huge number too: refuse it as well
+        raise CodecError(f"zstd frame claims {claimed} bytes, more than the {limit} allowed")
+    return decompressor.decompress(frame)
 
 
 def zstd_decompressor() -> zstandard.ZstdDecompressor:

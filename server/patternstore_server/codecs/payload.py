@@ -22,6 +22,7 @@ import zstandard
 
 from ._format import (
     CodecError,
+    bounded_decompress,
     decode_varint,
     encode_varint,
     magicless_params,
@@ -49,6 +50,8 @@ FORMAT_ZSTD = 0x01
 FORMAT_ZSTD_DICT = 0x02
 
 DEFAULT_LEVEL = 3
+# Larger than any payload the server accepts (1 MiB): a frame claiming more is corrupt.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 # Measured on tests/corpus.py: 16 KiB -> 76.7 % saved, 32 KiB -> 77.2 %, 64 KiB -> 77.5 %.
 # 32 KiB is where the curve flattens; each thread holds one copy per live dictionary.
 DEFAULT_DICT_SIZE = 32 * 1024
@@ -152,13 +155,15 @@ def decode(blob: bytes, dictionaries: Mapping[int, bytes]) -> bytes:
         if fmt == FORMAT_RAW:
             return blob[1:]
         if fmt == FORMAT_ZSTD:
-            return zstd_decompressor().decompress(blob[1:])
+            return bounded_decompress(zstd_decompressor(), blob[1:], MAX_PAYLOAD_BYTES)
         if fmt == FORMAT_ZSTD_DICT:
             dict_id, start = decode_varint(blob, 1)
             data = dictionaries.get(dict_id)
             if data is None:
                 raise CodecError(f"payload needs dictionary {dict_id}, which was not supplied")
-            return _dict_decompressor(dict_id, data).decompress(blob[start:])
+            return bounded_decompress(
+                _dict_decompressor(dict_id, data), blob[start:], MAX_PAYLOAD_BYTES
+            )
     except zstandard.ZstdError as exc:
         raise CodecError(f"corrupt zstd payload (format 0x{fmt:02x}): {exc}") from exc
     raise CodecError(f"unknown payload format byte 0x{fmt:02x}")

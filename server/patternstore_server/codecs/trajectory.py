@@ -29,7 +29,17 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from ._format import CodecError, decode_varint, encode_varint, zstd_compressor, zstd_decompressor
+from ._format import (
+    CodecError,
+    bounded_decompress,
+    decode_varint,
+    encode_varint,
+    zstd_compressor,
+    zstd_decompressor,
+)
+
+# Larger than any trajectory the server accepts (1,000,000 float64 values).
+_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 __all__ = [
     "DEFAULT_LEVEL",
@@ -78,13 +88,13 @@ def decode(blob: bytes) -> tuple[_Floats, int]:
         raise CodecError("empty trajectory blob: no format byte")
     fmt = blob[0]
     dims, start = decode_varint(blob, 1)
-    if dims < 1:
-        raise CodecError("trajectory blob with dims = 0")
+    if not 1 <= dims <= _MAX_BODY_BYTES // 8:
+        raise CodecError(f"trajectory blob with dims = {dims}")
     if fmt == FORMAT_RAW:
         body = blob[start:]
     elif fmt in _INVERSES:
         try:
-            body = zstd_decompressor().decompress(blob[start:])
+            body = bounded_decompress(zstd_decompressor(), blob[start:], _MAX_BODY_BYTES)
         except zstandard.ZstdError as exc:
             raise CodecError(f"corrupt zstd trajectory (format 0x{fmt:02x}): {exc}") from exc
     else:

@@ -12,6 +12,7 @@ from typing import Any
 import apsw
 
 from ..errors import StoreClosed, storage_errors
+from .blobs import sql_functions
 from .migrate import apply_migrations
 from .pragmas import ConnectionOptions, configure_reader, configure_writer
 
@@ -37,6 +38,9 @@ class ConnectionPool:
         self.observer = observer
         # Times SQLite found the database locked and we waited; read by the metrics.
         self.busy_retries = 0
+        # Payload dictionaries by id, filled by the writer's PayloadStore, read by every
+        # reader to decode blobs. Entries are only added, never changed.
+        self.dictionaries: dict[int, bytes] = {}
         self._local = threading.local()
         # Guards _readers, _writer and _closed: readers are created from many threads.
         self._lock = threading.Lock()
@@ -56,6 +60,8 @@ class ConnectionPool:
                 conn = apsw.Connection(str(self.path))
                 configure_writer(conn, self.options)
                 conn.set_busy_handler(self._busy_handler())
+                for name, (fn, nargs) in sql_functions().items():
+                    conn.create_scalar_function(name, fn, nargs, deterministic=True)
                 apply_migrations(conn)
             self._writer = conn
             return conn

@@ -24,15 +24,18 @@ __all__ = [
 
 # Row order of every SELECT of a pattern; model.row_to_pattern reads them by position.
 COLUMNS = (
-    "id, type, name, description, data, embedding, trajectory_dims, trajectory, metadata, "
+    "id, type, name, description, blobs.data, embedding, trajectory_dims, trajectory, metadata, "
     "confidence, alpha, beta, usage_count, success_count, failure_count, "
     "created_ns, updated_ns, last_outcome_ns, version"
 )
 
-SELECT_PATTERN = f"SELECT {COLUMNS} FROM patterns WHERE id = ?"
+# Every read of whole patterns: the payload lives in blobs (storage/blobs.py).
+FROM_PATTERNS = "FROM patterns JOIN blobs ON blobs.key = patterns.data_key"
+
+SELECT_PATTERN = f"SELECT {COLUMNS} {FROM_PATTERNS} WHERE id = ?"
 
 # Placeholders are filled with one "?" per id: SQLite has no array binding.
-SELECT_PATTERNS_IN = f"SELECT {COLUMNS} FROM patterns WHERE id IN ({{}})"
+SELECT_PATTERNS_IN = f"SELECT {COLUMNS} {FROM_PATTERNS} WHERE id IN ({{}})"
 
 # Positional parameter order of a learned row (model.learned_row builds it).
 LEARNED_FIELDS = (
@@ -55,7 +58,7 @@ PATTERN_FIELDS = (
     "type",
     "name",
     "description",
-    "data",
+    "data_key",
     "embedding",
     "trajectory_dims",
     "trajectory",
@@ -75,7 +78,7 @@ UPSERT_PATTERN = (
 UPDATE_LEARNED = f"UPDATE patterns SET {', '.join(f'{c} = ?' for c in LEARNED_FIELDS)} WHERE id = ?"
 
 # Start-up warming: the most used patterns, then the most trusted (index patterns_usage).
-SELECT_WARM = f"SELECT {COLUMNS} FROM patterns ORDER BY usage_count DESC, confidence DESC LIMIT ?"
+SELECT_WARM = f"SELECT {COLUMNS} {FROM_PATTERNS} ORDER BY usage_count DESC, confidence DESC LIMIT ?"
 
 DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
 
@@ -117,7 +120,7 @@ def _build_query(column: str, typed: bool, after: bool) -> str:
         # Keyset pagination: strictly after the last row of the previous page.
         where.append(f"({column} < :after_value OR ({column} = :after_value AND id > :after_id))")
     return (
-        f"SELECT {COLUMNS}, {column} FROM patterns WHERE {' AND '.join(where)} "
+        f"SELECT {COLUMNS}, {column} {FROM_PATTERNS} WHERE {' AND '.join(where)} "
         f"ORDER BY {column} DESC, id ASC LIMIT :limit"
     )
 

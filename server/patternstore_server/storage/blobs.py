@@ -1,0 +1,217 @@
+"""Compression at rest, the storage side: payload blobs, dictionaries, field encodings.
+
+The codecs package holds the pure formats; this module decides when and where they
+apply. Everything here that writes runs on the writer thread inside its transaction:
+
+- a payload is stored once per content key in ``blobs`` with a reference count; a store
+  takes a reference to its new payload and drops the one to its old payload, a delete
+  drops its reference, and a blob goes with its last reference;
+- a zstd dictionary is trained from a sample of stored payloads once
+  ``dict_min_samples`` exist, and again when the saved fraction drifts; each blob names
+  the dictionary it used, so old rows stay readable after a retrain;
+- embeddings are stored in ``embedding_storage`` (float32 exact, or lossy float16,
+  int16, int8), trajectories losslessly; each blob carries its own format byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import numpy as np
+
+from ..codecs import content_key, embedding, payload, trajectory
+from ..codecs.payload import PayloadDictionary, PayloadEncoder, RatioTracker
+from . import queries as q
+
+__all__ = ["FIELDS", "PayloadStore", "decode_embedding", "decode_trajectory", "sql_functions"]
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("data", "embedding", "trajectory")
+
+_INCREF = "UPDATE blobs SET refs = refs + 1 WHERE key = ?"
+_INSERT_BLOB = "INSERT INTO blobs (key, data, refs) VALUES (?, ?, 1)"
+_DECREF = "UPDATE blobs SET refs = refs - 1 WHERE key = ?"
+_DROP_LAST_REFERENCE = "DELETE FROM blobs WHERE key = ? AND refs = 1"
+_OLD_KEY = "SELECT data_key FROM patterns WHERE id = ?"
+_LOAD_DICTIONARIES = "SELECT id, data, saved FROM dictionaries ORDER BY id"
+_SAVE_DICTIONARY = "INSERT INTO dictionaries (data, samples, saved, created_ns) VALUES (?, ?, ?, ?)"
+_COUNT_BLOBS = "SELECT count(*) FROM blobs"
+_SAMPLE_BLOBS = "SELECT data FROM blobs ORDER BY random() LIMIT ?"
+
+# Where put_row finds what it encodes, in storage.queries.PATTERN_FIELDS order.
+_ID_AT = q.PATTERN_FIELDS.index("id")
+_DATA_AT = q.PATTERN_FIELDS.index("data_key")
+_EMBEDDING_AT = q.PATTERN_FIELDS.index("embedding")
+_TRAJECTORY_AT = q.PATTERN_FIELDS.index("trajectory")
+_DIMS_AT = q.PATTERN_FIELDS.index("trajectory_dims")
+
+# Samples a dictionary is trained on: more barely helps (the codecs' DESIGN.md) and the
+# training runs on the writer thread, between two commits.
+_TRAIN_SAMPLES = 2000
+
+
+def sql_functions() -> dict[str, tuple[Callable[..., Any], int]]:
+    """Functions migrations may call (0002 converts existing rows with them)."""
+
+    def raw_payload(data: bytes) -> bytes:
+        return bytes([payload.FORMAT_RAW]) + bytes(data)
+
+    def embedding_float32(raw: bytes) -> bytes:
+        if not raw:
+            return b""
+        return embedding.encode(np.frombuffer(raw, dtype="<f4"), "float32")
+
+    def trajectory_blob(raw: bytes, dims: int) -> bytes:
+        if not raw or not dims:
+            return b""
+        return trajectory.encode(np.frombuffer(raw, dtype="<f8"), dims)
+
+    return {
+        "ps_content_key": (lambda data: content_key(bytes(data)), 1),
+        "ps_payload_raw": (raw_payload, 1),
+        "ps_embedding_float32": (embedding_float32, 1),
+        "ps_trajectory": (trajectory_blob, 2),
+    }
+
+
+def decode_embedding(blob: bytes) -> list[float]:
+    return embedding.decode(blob).tolist() if blob else []
+
+
+def decode_trajectory(blob: bytes) -> list[float]:
+    return trajectory.decode(blob)[0].tolist() if blob else []
+
+
+class PayloadStore:
+    """The writer thread's encoder state. Dictionaries are shared with readers through
+    ``dictionaries`` (id -> bytes): entries are only ever added, so readers need no lock."""
+
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        dictionaries: dict[int, bytes],
+        *,
+        level: int = 3,
+        dict_min_samples: int = 1000,
+        embedding_storage: str = "float32",
+    ) -> None:
+        if embedding_storage not in embedding.EMBEDDING_STORAGES:
+            raise ValueError(f"embedding_storage must be one of {embedding.EMBEDDING_STORAGES}")
+        self._level = level
+        self._dict_min_samples = dict_min_samples
+        self._embedding_storage = embedding_storage
+        self.dictionaries = dictionaries
+        self._tracker = RatioTracker()
+        self._encoder = PayloadEncoder(level)
+        # Counters read by the metrics: raw bytes in, stored bytes out, per field.
+        self.bytes_in = dict.fromkeys(FIELDS, 0)
+        self.bytes_out = dict.fromkeys(FIELDS, 0)
+        self.trainings = 0
+        newest = None
+        for dict_id, data, saved in conn.execute(_LOAD_DICTIONARIES):
+            dictionaries[dict_id] = data
+            newest = (dict_id, data, saved)
+        if newest is not None:
+            self._encoder = PayloadEncoder(level, PayloadDictionary(newest[0], newest[1]))
+            self._tracker.reset(newest[2])
+        # Distinct payloads stored, kept by hand: counting the table after every commit
+        # would scan it.
+        row = conn.execute(_COUNT_BLOBS).fetchone()
+        self._blob_count: int = row[0] if row else 0
+
+    # -- inside the writer's transaction -----------------------------------------------
+
+    def put_row(self, conn: apsw.Connection, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The row to upsert: the raw payload (in the data_key slot, as model.pattern_row
+        leaves it) swapped for its blob key, embedding and trajectory encoded."""
+        data = row[_DATA_AT]
+        key = content_key(data)
+        old = conn.execute(_OLD_KEY, (row[_ID_AT],)).fetchone()
+        old_key = old[0] if old else None
+        if old_key != key:
+            self._reference(conn, key, data)
+            if old_key is not None:
+                self.release(conn, old_key)
+        out = list(row)
+        out[_DATA_AT] = key
+        raw_embedding = row[_EMBEDDING_AT]
+        if raw_embedding:
+            out[_EMBEDDING_AT] = embedding.encode(
+                np.frombuffer(raw_embedding, dtype="<f4"), self._embedding_storage
+            )
+            self._count("embedding", len(raw_embedding), len(out[_EMBEDDING_AT]))
+        raw_trajectory = row[_TRAJECTORY_AT]
+        if raw_trajectory:
+            out[_TRAJECTORY_AT] = trajectory.encode(
+                np.frombuffer(raw_trajectory, dtype="<f8"), row[_DIMS_AT]
+            )
+            self._count("trajectory", len(raw_trajectory), len(out[_TRAJECTORY_AT]))
+        return tuple(out)
+
+    def delete_row(self, conn: apsw.Connection, pattern_id: str) -> None:
+        """Drop the payload reference of a pattern about to be deleted."""
+        old = conn.execute(_OLD_KEY, (pattern_id,)).fetchone()
+        if old is not None:
+            self.release(conn, old[0])
+
+    def release(self, conn: apsw.Connection, key: bytes) -> None:
+        # The last reference deletes the blob; any other just counts down.
+        conn.execute(_DROP_LAST_REFERENCE, (key,))
+        if conn.changes():
+            self._blob_count -= 1
+        else:
+            conn.execute(_DECREF, (key,))
+
+    def _reference(self, conn: apsw.Connection, key: bytes, data: bytes) -> None:
+        conn.execute(_INCREF, (key,))
+        if conn.changes() == 0:
+            blob = self._encoder.encode(data)
+            conn.execute(_INSERT_BLOB, (key, blob))
+            self._blob_count += 1
+            self._tracker.record(len(data), len(blob))
+            self._count("data", len(data), len(blob))
+
+    def _count(self, field: str, raw: int, stored: int) -> None:
+        self.bytes_in[field] += raw
+        self.bytes_out[field] += stored
+
+    # -- between transactions ----------------------------------------------------------
+
+    def maybe_train(self, conn: apsw.Connection, force: bool = False) -> bool:
+        """Train (or retrain) the payload dictionary when it is due; True when it did."""
+        due_first = self._encoder.dictionary is None and self._blob_count >= self._dict_min_samples
+        if not (force or due_first or self._tracker.drifted()):
+            return False
+        started = time.perf_counter()
+        dictionaries = dict(self.dictionaries)
+        samples = [
+            payload.decode(row[0], dictionaries)
+            for row in conn.execute(_SAMPLE_BLOBS, (_TRAIN_SAMPLES,))
+        ]
+        samples = [s for s in samples if s]
+        if len(samples) < 8:
+            return False
+        trained = payload.train_dictionary(samples)
+        with conn:
+            conn.execute(_SAVE_DICTIONARY, (trained, len(samples), 0.0, time.time_ns()))
+            dict_id = conn.last_insert_rowid()
+            encoder = PayloadEncoder(self._level, PayloadDictionary(dict_id, trained))
+            saved = payload.saved_fraction(encoder, samples)
+            conn.execute("UPDATE dictionaries SET saved = ? WHERE id = ?", (saved, dict_id))
+        self.dictionaries[dict_id] = trained
+        self._encoder = encoder
+        self._tracker.reset(saved)
+        self.trainings += 1
+        log.info(
+            "trained payload dictionary %d on %d samples in %.2f s: %.1f%% saved",
+            dict_id,
+            len(samples),
+            time.perf_counter() - started,
+            100 * saved,
+        )
+        return True

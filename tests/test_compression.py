@@ -1,0 +1,140 @@
+"""Compression at rest through the real storage: migration, dictionaries, dedup, embeddings."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import apsw
+import numpy as np
+from patternstore import Pattern, PatternStoreClient, Trajectory
+from patternstore_server.model import pattern_row, row_to_pattern
+from patternstore_server.storage import ConnectionOptions, ConnectionPool
+from patternstore_server.storage import queries as q
+from patternstore_server.storage.blobs import PayloadStore
+from patternstore_server.storage.migrate import apply_migrations, available_migrations
+
+from .conftest import FakeClock
+
+
+def _payload(i: int, vocabulary: str = "tool") -> bytes:
+    rng = random.Random(i)
+    steps = [
+        {
+            "tool": f"{vocabulary}_{rng.randrange(12)}",
+            "args": {"path": f"src/m{rng.randrange(40)}.py", "line": rng.randrange(500)},
+        }
+        for _ in range(rng.randrange(2, 8))
+    ]
+    doc = {
+        "goal": f"fix failing test number {i}",
+        "conditions": ["tests fail", "lint clean"],
+        "actions": steps,
+        "success_criteria": {"tests": "pass", "coverage": rng.random()},
+    }
+    return json.dumps(doc).encode()
+
+
+def _blob_stats(db: Path) -> tuple[int, int]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        count, refs = conn.execute("SELECT count(*), coalesce(sum(refs), 0) FROM blobs").fetchone()
+    finally:
+        conn.close()
+    return count, refs
+
+
+def test_migration_converts_rows_written_before_the_codecs(
+    tmp_path: Path, start_server: Any, clock: FakeClock
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = apsw.Connection(str(data / "patterns.db"))
+    apply_migrations(conn, available_migrations()[:1])  # the schema as 0001 left it
+    emb = np.array([0.5, -0.25, 1e-3], dtype="<f4")
+    traj = np.array([0.0, -0.0, 1.5, float("1e300")], dtype="<f8")
+    for i, body in enumerate([b"same", b"same", b"other"]):
+        conn.execute(
+            "INSERT INTO patterns (id, type, name, description, data, embedding, "
+            "trajectory_dims, trajectory, metadata, confidence, lower_bound, alpha, beta, "
+            "usage_count, success_count, failure_count, created_ns, updated_ns, last_outcome_ns, version, sequence) VALUES "
+            "(?, 't', '', '', ?, ?, 2, ?, '{}', 0.5, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, ?)",
+            (f"old{i}", body, emb.tobytes(), traj.tobytes(), i + 1),
+        )
+    conn.close()
+    srv = start_server(clock)
+    with PatternStoreClient(srv.target) as c:
+        got = {p.id: p for p in c.get_patterns(["old0", "old1", "old2"]).patterns}
+        assert [got[f"old{i}"].data for i in range(3)] == [b"same", b"same", b"other"]
+        assert list(got["old0"].embedding) == emb.tolist()
+        assert got["old2"].trajectory == Trajectory(dims=2, values=traj.tolist())
+    assert _blob_stats(data / "patterns.db") == (2, 3)  # "same" stored once, twice referenced
+
+
+def test_dedup_reference_counts_survive_churn(
+    start_server: Any, clock: FakeClock, tmp_path: Path
+) -> None:
+    srv = start_server(clock)
+    rng = random.Random(7)
+    live: dict[str, bytes] = {}
+    with PatternStoreClient(srv.target) as c:
+        for _ in range(400):
+            pid = f"p{rng.randrange(60)}"
+            if rng.random() < 0.25 and pid in live:
+                c.delete_pattern(pid)
+                del live[pid]
+            else:
+                body = _payload(rng.randrange(15))  # few distinct payloads: lots of sharing
+                c.store_pattern(Pattern(id=pid, type="t", data=body))
+                live[pid] = body
+        got = {p.id: p.data for p in c.get_patterns(sorted(live)).patterns}
+        assert got == live
+    count, refs = _blob_stats(tmp_path / "data" / "patterns.db")
+    assert count == len(set(live.values())) and refs == len(live)
+
+
+def test_dictionary_training_and_old_rows_after_a_retrain(tmp_path: Path) -> None:
+    pool = ConnectionPool(tmp_path / "p.db", ConnectionOptions())
+    conn = pool.writer()
+    store = PayloadStore(conn, pool.dictionaries, dict_min_samples=40)
+
+    def put(pid: str, body: bytes) -> None:
+        p = Pattern(id=pid, type="t", data=body, embedding=[0.1, 0.2], alpha=1, beta=1)
+        with conn:
+            conn.execute(q.UPSERT_PATTERN, store.put_row(conn, pattern_row(p, 1)))
+
+    for i in range(60):
+        put(f"a{i}", _payload(i))
+    assert store.maybe_train(conn) and len(pool.dictionaries) == 1
+    for i in range(60):
+        put(f"b{i}", _payload(1000 + i, "shell"))
+    assert store.maybe_train(conn, force=True) and len(pool.dictionaries) == 2
+    for i in range(10):
+        put(f"c{i}", _payload(2000 + i, "shell"))
+    formats = {r[0][0] for r in conn.execute("SELECT data FROM blobs")}
+    assert formats >= {1, 2}  # rows from before the first dictionary and after it
+    rows = pool.query("all", f"SELECT {q.COLUMNS} {q.FROM_PATTERNS}")
+    decoded = {r[0]: row_to_pattern(r, pool.dictionaries).data for r in rows}
+    assert decoded == {
+        **{f"a{i}": _payload(i) for i in range(60)},
+        **{f"b{i}": _payload(1000 + i, "shell") for i in range(60)},
+        **{f"c{i}": _payload(2000 + i, "shell") for i in range(10)},
+    }
+    assert store.bytes_out["data"] < 0.6 * store.bytes_in["data"]
+    pool.close()
+
+
+def test_int8_embeddings_within_their_stated_error(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, embedding_storage="int8")
+    vec = np.random.default_rng(3).uniform(-1, 1, 384).astype("float32")
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="e", type="t", embedding=vec.tolist()))
+    # Read back from SQLite, not from the cache that holds what was sent.
+    srv.stop()
+    srv2 = start_server(clock, embedding_storage="int8")
+    with PatternStoreClient(srv2.target) as c:
+        got = np.array(c.get_pattern("e").embedding, dtype="float32")
+    assert np.max(np.abs(got - vec)) <= 3.93e-3
+    assert not np.array_equal(got, vec)  # it really is the lossy format
