@@ -59,7 +59,8 @@ def test_migration_converts_rows_written_before_the_codecs(
         conn.execute(
             "INSERT INTO patterns (id, type, name, description, data, embedding, "
             "trajectory_dims, trajectory, metadata, confidence, lower_bound, alpha, beta, "
-            "usage_count, success_count, failure_count, created_ns, updated_ns, last_outcome_ns, version, sequence) VALUES "
+            "usage_count, success_count, failure_count, created_ns, updated_ns, "
+            "last_outcome_ns, version, sequence) VALUES "
             "(?, 't', '', '', ?, ?, 2, ?, '{}', 0.5, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, ?)",
             (f"old{i}", body, emb.tobytes(), traj.tobytes(), i + 1),
         )
