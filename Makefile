@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO := proto/patternstore/v1/patternstore.proto
 
-.PHONY: run test lint typecheck proto bench-codecs clean
+.PHONY: run test lint typecheck proto bench-codecs chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ proto: $(VENV)/.test-installed
 ## Compression ratios of the codecs vs zlib-6 and raw, on a generated corpus.
 bench-codecs: $(VENV)/.test-installed
 	$(BIN)/python loadtest/bench_codecs.py
+
+## The crash harness for longer: 200 kill -9 rounds (CHAOS_SEED=... replays one).
+chaos: $(VENV)/.test-installed
+	CHAOS_ROUNDS=200 $(BIN)/python -m pytest -q -s tests/chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

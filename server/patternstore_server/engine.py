@@ -139,12 +139,15 @@ class Engine:
             durable = _meta(writer, "durable_sequence")
             reserved = _meta(writer, "sequence_reserved")
             self.durable_sequence = durable
-            self.last_sequence = max(durable, reserved)
+            # The last sequence accepted: everything up to it is durable at start.
+            self.last_sequence = durable
+            # New sequences start above every one an earlier run may have handed out.
+            self._sequence_floor = max(durable, reserved)
             # Reserve this run's sequences before handing any out: a crash before the first
             # commit must not let the next run reuse them.
             with writer:
                 writer.execute(
-                    q.META_SET, ("sequence_reserved", self.last_sequence + self._queue_max)
+                    q.META_SET, ("sequence_reserved", self._sequence_floor + self._queue_max)
                 )
             for rid, pid, seq, conf in reversed(
                 list(writer.execute(q.LOAD_OUTCOME_REQUESTS, (settings.dedup_window,)))
@@ -275,7 +278,7 @@ class Engine:
             )
 
     def _next_sequence(self) -> int:
-        self.last_sequence += 1
+        self.last_sequence = max(self.last_sequence, self._sequence_floor) + 1
         return self.last_sequence
 
     def _prepare_store(
@@ -325,6 +328,8 @@ class Engine:
     ) -> list[StoreResult]:
         """Store one or more patterns atomically: all are accepted or none is."""
         self._admit(len(requests))
+        if not requests:
+            return []
         now = self._clock()
         states: list[pb.Pattern] = []
         # Items of one call may touch the same id: later ones must see earlier ones.
@@ -504,6 +509,8 @@ class Engine:
         self._committer.submit(ops)
 
     async def _submit(self, ops: list[Op], durable: bool) -> None:
+        if not ops:
+            return
         self._enqueue(ops)
         if durable:
             await self.wait_durable(ops[-1].sequence)

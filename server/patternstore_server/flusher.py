@@ -170,6 +170,7 @@ class GroupCommitter:
             batch = self._next_batch()
             if batch is None:
                 break
+            # Empty groups carry no sequence: such a batch must not move the bookkeeping.
             last = max((op.sequence for group in batch for op in group), default=0)
             error = self._failure
             if error is None:
@@ -194,11 +195,8 @@ class GroupCommitter:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 n = self._apply(conn, batch)
-                conn.execute(q.META_SET, ("durable_sequence", last))
-                # Every sequence handed out is at most `reserve_gap` past the durable one
-                # (the acceptor admits no more), so a restart starting above this never
-                # reuses a sequence a lost queued write was given.
-                conn.execute(q.META_SET, ("sequence_reserved", last + self._reserve_gap))
+                if last:
+                    self._record_sequences(conn, last)
                 if self.batches % _PRUNE_EVERY == 0:
                     conn.execute(q.PRUNE_OUTCOME_REQUESTS, (self._dedup_window,))
                 conn.execute("COMMIT")
@@ -212,6 +210,13 @@ class GroupCommitter:
         self.last_commit_seconds = elapsed
         if self.batch_observer is not None:
             self.batch_observer(n, elapsed)
+
+    def _record_sequences(self, conn: apsw.Connection, last: int) -> None:
+        conn.execute(q.META_SET, ("durable_sequence", last))
+        # Every sequence handed out is at most `reserve_gap` past the durable one (the
+        # acceptor admits no more), so a restart starting above this never reuses a
+        # sequence a lost queued write was given.
+        conn.execute(q.META_SET, ("sequence_reserved", last + self._reserve_gap))
 
     def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> int:
         """Execute the ops in order; runs of outcomes go through one executemany.

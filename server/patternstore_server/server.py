@@ -29,6 +29,7 @@ __all__ = ["DB_NAME", "PatternStoreServer", "create_server", "serve"]
 log = logging.getLogger("patternstore_server")
 
 DB_NAME = "patterns.db"
+_DRAIN_QUIET_S = 0.1
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -179,10 +180,21 @@ class PatternStoreServer:
         self._stopped = True
         self._serving = False
         grace = self.settings.grace_s if grace is None else grace
+        deadline = time.monotonic() + grace
         self.engine.stop_accepting()
         await self._health.enter_graceful_shutdown()
+        # Drain before stopping gRPC: calls that reach a handler now are answered (writes
+        # with UNAVAILABLE, which clients retry), where grpc's stop() would cancel calls
+        # not yet matched to a handler with CANCELLED, which they do not.
+        # Clients that were answered UNAVAILABLE go away; wait until no call is in a handler
+        # and none has started for a moment (calls queued in grpc have then been served).
+        quiet = _DRAIN_QUIET_S
+        while time.monotonic() < deadline and (
+            self.servicer.in_flight or time.perf_counter() - self.servicer.last_started < quiet
+        ):
+            await asyncio.sleep(0.005)
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
         self.servicer.close()
         self.pool.close()

@@ -75,6 +75,10 @@ class PatternStoreServicer:
         self._pool = pool
         self._metrics = metrics
         self._queries = ThreadPoolExecutor(query_threads, thread_name_prefix="patternstore-query")
+        # Calls inside a handler now, and when the last one started (loop thread only):
+        # shutdown drains until both say the clients have gone quiet.
+        self.in_flight = 0
+        self.last_started = 0.0
 
     def close(self) -> None:
         self._queries.shutdown(wait=True)
@@ -112,9 +116,10 @@ class PatternStoreServicer:
         self, fn: _Unary, m: MethodMetrics
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            self.in_flight += 1
             m.started.inc()
             m.msg_received.inc()
-            started = time.perf_counter()
+            self.last_started = started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 remaining = context.time_remaining()
@@ -137,6 +142,7 @@ class PatternStoreServicer:
                 await context.abort(code, "internal error; the server log has the details")
             finally:
                 m.done(code, time.perf_counter() - started)
+                self.in_flight -= 1
 
         return handle
 
@@ -146,8 +152,9 @@ class PatternStoreServicer:
         async def handle(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> bytes:
+            self.in_flight += 1
             m.started.inc()
-            started = time.perf_counter()
+            self.last_started = started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 reply = await self.record_outcomes(requests, m)
@@ -165,6 +172,7 @@ class PatternStoreServicer:
                 await context.abort(code, "internal error; the server log has the details")
             finally:
                 m.done(code, time.perf_counter() - started)
+                self.in_flight -= 1
 
         return handle
 
@@ -223,9 +231,10 @@ class PatternStoreServicer:
         async def handle(
             raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[bytes]:
+            self.in_flight += 1
             m.started.inc()
             m.msg_received.inc()
-            started = time.perf_counter()
+            self.last_started = started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 _parse(pb.BackupRequest, raw)
@@ -237,6 +246,7 @@ class PatternStoreServicer:
                 await context.abort(code, str(exc))
             finally:
                 m.done(code, time.perf_counter() - started)
+                self.in_flight -= 1
 
         return handle
 
