@@ -7,7 +7,7 @@ with PatternStoreClient("127.0.0.1:50051") as ps:
     print(ps.get_pattern("p1").confidence)
 """
 
-from ._requests import RetryPolicy, update_request
+from ._requests import RetryPolicy, search_request, update_request
 from .aio import AsyncPatternStoreClient
 from .client import PatternStoreClient
 from .v1.patternstore_pb2 import (
@@ -18,6 +18,7 @@ from .v1.patternstore_pb2 import (
     ORDER_BY_CONFIDENCE,
     ORDER_BY_LOWER_BOUND,
     ORDER_BY_RECENT,
+    ORDER_BY_THOMPSON,
     ORDER_BY_USAGE,
     OUTCOME_FAILURE,
     OUTCOME_PARTIAL,
@@ -36,6 +37,7 @@ __all__ = [
     "ORDER_BY_CONFIDENCE",
     "ORDER_BY_LOWER_BOUND",
     "ORDER_BY_RECENT",
+    "ORDER_BY_THOMPSON",
     "ORDER_BY_USAGE",
     "OUTCOME_FAILURE",
     "OUTCOME_PARTIAL",
@@ -47,5 +49,6 @@ __all__ = [
     "StorePatternRequest",
     "Trajectory",
     "UpdateConfidenceRequest",
+    "search_request",
     "update_request",
 ]

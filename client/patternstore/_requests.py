@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "UpdateConfidence": (pb.UpdateConfidenceRequest, pb.UpdateConfidenceResponse),
     "UpdateConfidenceBatch": (pb.UpdateConfidenceBatchRequest, pb.UpdateConfidenceBatchResponse),
     "QueryPatterns": (pb.QueryPatternsRequest, pb.QueryPatternsResponse),
+    "SearchSimilar": (pb.SearchSimilarRequest, pb.SearchSimilarResponse),
+    "PrunePatterns": (pb.PrunePatternsRequest, pb.PrunePatternsResponse),
     "Flush": (pb.FlushRequest, pb.FlushResponse),
     "GetStats": (pb.GetStatsRequest, pb.Stats),
 }
@@ -45,6 +47,8 @@ _ORDERS = {
     "usage": pb.ORDER_BY_USAGE,
     "recent": pb.ORDER_BY_RECENT,
     "lower_bound": pb.ORDER_BY_LOWER_BOUND,
+    "thompson": pb.ORDER_BY_THOMPSON,
+    "similarity": pb.ORDER_BY_UNSPECIFIED,
 }
 
 
@@ -123,6 +127,27 @@ def timestamp(value: dt.datetime | float | Timestamp | None) -> Timestamp | None
     return ts
 
 
+def search_request(
+    embedding: Sequence[float],
+    k: int = 10,
+    *,
+    type: str = "",
+    min_confidence: float = 0.0,
+    exact: bool = False,
+    order: pb.OrderBy | str = pb.ORDER_BY_UNSPECIFIED,
+    seed: int = 0,
+) -> pb.SearchSimilarRequest:
+    return pb.SearchSimilarRequest(
+        embedding=list(embedding),
+        k=k,
+        type=type,
+        min_confidence=min_confidence,
+        exact=exact,
+        order_by=order_by(order),
+        seed=seed,
+    )
+
+
 def update_request(
     id: str,
     outcome_value: pb.Outcome | str,
@@ -168,8 +193,10 @@ def query_request(
     limit: int = 0,
     page_token: str = "",
     consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
+    seed: int = 0,
 ) -> pb.QueryPatternsRequest:
     return pb.QueryPatternsRequest(
+        seed=seed,
         type=type,
         min_confidence=min_confidence,
         order_by=order_by(order),

@@ -112,6 +112,7 @@ class PatternStoreClient:
         limit: int = 0,
         page_token: str = "",
         consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
+        seed: int = 0,
     ) -> pb.QueryPatternsResponse:
         req = r.query_request(
             type,
@@ -120,6 +121,7 @@ class PatternStoreClient:
             limit=limit,
             page_token=page_token,
             consistency=consistency,
+            seed=seed,
         )
         return self._call("QueryPatterns", req, pb.QueryPatternsResponse, True)
 
@@ -177,6 +179,36 @@ class PatternStoreClient:
                 f.write(chunk.data)
         os.replace(partial, out)
         return header
+
+    def search_similar(
+        self,
+        embedding: Sequence[float],
+        k: int = 10,
+        *,
+        type: str = "",
+        min_confidence: float = 0.0,
+        exact: bool = False,
+        order_by: pb.OrderBy | str = pb.ORDER_BY_UNSPECIFIED,
+        seed: int = 0,
+    ) -> pb.SearchSimilarResponse:
+        """The k stored patterns most similar (cosine) to ``embedding``, best first;
+        filters apply before ranking. ``order_by="thompson"`` re-ranks them by one draw
+        from each posterior."""
+        req = r.search_request(
+            embedding,
+            k,
+            type=type,
+            min_confidence=min_confidence,
+            exact=exact,
+            order=order_by,
+            seed=seed,
+        )
+        return self._call("SearchSimilar", req, pb.SearchSimilarResponse, True)
+
+    def prune_patterns(self, *, dry_run: bool = False) -> pb.PrunePatternsResponse:
+        """Run one pruning pass now (admin); ``dry_run`` only reports what would go."""
+        req = pb.PrunePatternsRequest(dry_run=dry_run)
+        return self._call("PrunePatterns", req, pb.PrunePatternsResponse, dry_run)
 
     def flush(self) -> pb.FlushResponse:
         return self._call("Flush", pb.FlushRequest(), pb.FlushResponse, True)

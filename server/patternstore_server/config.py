@@ -99,6 +99,17 @@ class Settings:
     warm_count: int = _setting(
         10_000, "patterns loaded into L1/L2 at start (most used, then most trusted)"
     )
+    prune_below_confidence: float = _setting(
+        0.0,
+        "prune patterns whose confidence is below this after prune_min_evidence outcomes; "
+        "0 disables",
+    )
+    prune_min_evidence: int = _setting(10, "outcomes a pattern needs before it can be pruned")
+    prune_idle_s: float = _setting(
+        0.0, "prune patterns with no outcome, store or read for this long; 0 disables"
+    )
+    prune_interval_s: float = _setting(60.0, "how often the pruner runs (expired ones always go)")
+    prune_batch: int = _setting(1000, "at most this many patterns deleted per pruning pass")
     query_threads: int = _setting(2, "threads that run QueryPatterns against SQLite")
     max_receive_bytes: int = _setting(
         16 * 1024 * 1024, "largest request message accepted; larger gets RESOURCE_EXHAUSTED"

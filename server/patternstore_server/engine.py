@@ -19,11 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import apsw
+import numpy as np
 from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
 from .cache.l3 import QueryCache
 from .cache.tiers import PatternTiers
+from .codecs import embedding as embedding_codec
 from .confidence import ModelParams, apply_outcome, prior
 from .config import Settings
 from .errors import (
@@ -40,15 +42,18 @@ from .errors import (
 from .flusher import Delete, GroupCommitter, Learn, Op, Put
 from .model import (
     evidence_of,
+    expires_ns,
     learned_row,
     pattern_row,
     row_to_pattern,
     set_evidence,
     set_ns,
 )
+from .ranking import Posteriors
 from .storage import ConnectionPool
 from .storage import queries as q
 from .storage.blobs import PayloadStore
+from .vector import VectorIndex
 
 __all__ = ["Engine", "OutcomeResult", "StoreResult"]
 
@@ -126,6 +131,15 @@ class Engine:
         # (sequence, future) in sequence order: resolved once that sequence is durable.
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+        # Every pattern's posterior, type and expiry in memory (Thompson ranking, pruning),
+        # and the vector index of the embeddings; both follow accepted writes.
+        self.posteriors = Posteriors()
+        self.vectors = VectorIndex()
+        # id -> expiry (ns) of patterns that have one: reads check it.
+        self._expiring: dict[str, int] = {}
+        # Reads mark patterns active only when idle pruning needs to know.
+        self._track_reads = settings.prune_idle_s > 0
+        self.pruned = {"expired": 0, "low_confidence": 0, "idle": 0}
         # Outcomes applied, by outcome name: read by the metrics at scrape time.
         self.outcome_counts = dict.fromkeys(_NAMES.values(), 0)
         # Called once, on the loop thread, when a commit fails (health turns NOT_SERVING).
@@ -197,6 +211,10 @@ class Engine:
         An id found in L1 needs no validation (only valid ids are ever stored), so a hit
         costs one lookup; anything else is checked before it reaches SQLite.
         """
+        if self._expiring and self._expired(pid):
+            return None
+        if self._track_reads:
+            self.posteriors.touch(pid, self._clock())
         data = self._tiers.get(pid)
         if data is not None:
             return data
@@ -219,11 +237,13 @@ class Engine:
         """Like get_serialized for each id, with one SQLite statement for all misses."""
         tiers_get = self._tiers.get
         found = [tiers_get(pid) for pid in ids]
+        if self._expiring or self._track_reads:
+            self._filter_expired_and_touch(ids, found)
         if None not in found:
             return found
         misses: dict[str, list[int]] = {}
         for i, pid in enumerate(ids):
-            if found[i] is not None:
+            if found[i] is not None or (self._expiring and self._expired(pid)):
                 continue
             validate.check_id(pid, f"ids[{i}]")
             pending = self._pending.get(pid)
@@ -245,7 +265,12 @@ class Engine:
         return found
 
     def _current(self, pid: str) -> pb.Pattern | None:
-        """The newest accepted state of ``pid``, as a message this write may modify."""
+        """The newest accepted state of ``pid``, as a message this write may modify.
+
+        An expired pattern counts as gone: a store recreates it, an outcome finds nothing.
+        """
+        if self._expired(pid):
+            return None
         pending = self._pending.get(pid)
         if pending is not None:
             # Only the acceptor holds pending messages (queued ops carry row snapshots),
@@ -312,6 +337,17 @@ class Engine:
         )
         if p.HasField("trajectory"):
             new.trajectory.CopyFrom(p.trajectory)
+        if p.HasField("expires_at"):
+            ts = p.expires_at
+            if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds < 0:
+                raise InvalidArgument(f"{field}.expires_at", "is not a valid timestamp")
+            new.expires_at.CopyFrom(ts)
+        dims = self.vectors.dims
+        if p.embedding and dims is not None and len(p.embedding) != dims:
+            raise InvalidArgument(
+                f"{field}.embedding",
+                f"has {len(p.embedding)} values; this store's embeddings have {dims}",
+            )
         if current is None:
             set_evidence(new, prior(self._params))
             set_ns(new.created_at, now)
@@ -366,6 +402,7 @@ class Engine:
             ops.append(Put(seq, state.id, pattern_row(state, seq)))
             self._pending[state.id] = (seq, state)
             self._invalidate(state.id)
+            self._remember_state(state, now)
             results.append(StoreResult(state.id, state.version, seq, state.version == 1))
         self._pending_patterns += len(ops)
         await self._submit(ops, durable)
@@ -385,6 +422,7 @@ class Engine:
         seq = self._next_sequence()
         self._pending[pid] = (seq, None)
         self._invalidate(pid)
+        self._forget(pid)
         self.l3.invalidate((current.type,))
         self._pending_patterns += 1
         await self._submit([Delete(seq, pid, current.type)], durable)
@@ -441,6 +479,11 @@ class Engine:
         self._pending[u.id] = (seq, state)
         self._invalidate(u.id)
         ops.append(Learn(seq, u.id, learned_row(state, seq), u.request_id))
+        self.posteriors.learn(
+            u.id, state.alpha, state.beta, state.confidence, state.usage_count, now
+        )
+        if state.embedding:
+            self.vectors.update_meta(u.id, confidence=state.confidence)
         self.outcome_counts[_NAMES[u.outcome]] += 1
         if u.request_id:
             self._remember(u.request_id, _Remembered(u.id, seq, state.confidence))
@@ -615,6 +658,151 @@ class Engine:
     def l1_window_size(self) -> int | None:
         window = getattr(self._tiers.l1, "window_size", None)
         return window if isinstance(window, int) else None
+
+    # -- memory: posteriors, vectors, expiry ----------------------------------------------
+
+    def now(self) -> int:
+        return self._clock()
+
+    @property
+    def has_expiring(self) -> bool:
+        return bool(self._expiring)
+
+    @property
+    def prune_batch(self) -> int:
+        return self._settings.prune_batch
+
+    def _expired(self, pid: str) -> bool:
+        exp = self._expiring.get(pid)
+        return exp is not None and exp <= self._clock()
+
+    def _filter_expired_and_touch(self, ids: Sequence[str], found: list[bytes | None]) -> None:
+        now = self._clock()
+        for i, pid in enumerate(ids):
+            if self._track_reads:
+                self.posteriors.touch(pid, now)
+            exp = self._expiring.get(pid)
+            if exp is not None and exp <= now:
+                found[i] = None
+
+    def _remember_state(self, state: pb.Pattern, now: int) -> None:
+        exp = expires_ns(state)
+        if exp:
+            self._expiring[state.id] = exp
+        else:
+            self._expiring.pop(state.id, None)
+        self.posteriors.set(
+            state.id,
+            state.type,
+            state.alpha,
+            state.beta,
+            state.confidence,
+            state.usage_count,
+            exp,
+            now,
+        )
+        if state.embedding:
+            vector = np.asarray(state.embedding, dtype=np.float32)
+            self.vectors.upsert(state.id, vector, state.type, state.confidence)
+        else:
+            self.vectors.remove(state.id)
+
+    def _forget(self, pid: str) -> None:
+        self._expiring.pop(pid, None)
+        self.posteriors.remove(pid)
+        self.vectors.remove(pid)
+
+    def load_memory(self) -> tuple[int, float]:
+        """Build the posteriors and the vector index from SQLite (at start, before SERVING)."""
+        started = time.perf_counter()
+        rows = self._pool.query("load_memory", q.SELECT_MEMORY)
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        types: list[str] = []
+        confidences: list[float] = []
+        for pid, ptype, alpha, beta, conf, usage, exp, active, emb in rows:
+            self.posteriors.set(pid, ptype, alpha, beta, conf, usage, exp, active)
+            if exp:
+                self._expiring[pid] = exp
+            if emb:
+                ids.append(pid)
+                vectors.append(embedding_codec.decode(emb))
+                types.append(ptype)
+                confidences.append(conf)
+        if ids:
+            self.vectors.upsert_many(ids, np.stack(vectors), types, confidences)
+        return len(rows), time.perf_counter() - started
+
+    def embeddings_for(self, ids: Sequence[str]) -> np.ndarray:
+        """float32 embeddings of ``ids`` (rows of zeros for unknown ones), for exact rescoring.
+
+        Runs on a query thread: the newest accepted state comes from the pending map, the
+        rest from SQLite.
+        """
+        dims = self.vectors.dims or 0
+        out = np.zeros((len(ids), dims), dtype=np.float32)
+        from_db: list[tuple[int, str]] = []
+        for i, pid in enumerate(ids):
+            pending = self._pending.get(pid)
+            if pending is not None:
+                if pending[1] is not None and len(pending[1].embedding) == dims:
+                    out[i] = pending[1].embedding
+            else:
+                from_db.append((i, pid))
+        if from_db:
+            sql = q.SELECT_EMBEDDINGS_IN.format(",".join("?" * len(from_db)))
+            blobs = dict(self._pool.query("embeddings", sql, [pid for _, pid in from_db]))
+            for i, pid in from_db:
+                blob = blobs.get(pid)
+                if blob:
+                    vec = embedding_codec.decode(blob)
+                    if len(vec) == dims:
+                        out[i] = vec
+        return out
+
+    def thompson_ids(self, ptype: str, min_confidence: float, count: int, seed: int) -> list[str]:
+        rng = np.random.default_rng(seed if seed else None)
+        return self.posteriors.thompson(ptype, min_confidence, self._clock(), count, rng)
+
+    async def prune(self, dry_run: bool, limit: int) -> tuple[dict[str, list[str]], int]:
+        """Delete (or list) what the pruning settings and expiry say should go.
+
+        Deletes go through the writer like any other (same durability, same sequences);
+        at most ``limit`` are taken per pass so one pass never floods the queue.
+        """
+        s = self._settings
+        now = self._clock()
+        idle_before = now - round(s.prune_idle_s * 1e9) if s.prune_idle_s > 0 else 0
+        found = self.posteriors.prunable(
+            now, s.prune_below_confidence, s.prune_min_evidence, idle_before
+        )
+        taken: dict[str, list[str]] = {}
+        budget = limit
+        for why, ids in found.items():
+            taken[why] = ids[:budget]
+            budget -= len(taken[why])
+        if dry_run:
+            return taken, 0
+        ops: list[Op] = []
+        for why, ids in taken.items():
+            for pid in ids:
+                pending = self._pending.get(pid)
+                state = pending[1] if pending is not None else None
+                ptype = state.type if state is not None else ""
+                seq = self._next_sequence()
+                ops.append(Delete(seq, pid, ptype))
+                self._pending[pid] = (seq, None)
+                self._invalidate(pid)
+                self._forget(pid)
+                self.pruned[why] += 1
+        if not ops:
+            return taken, 0
+        self._admit(0)
+        # The pruned patterns' types are not all known here: drop every cached reply.
+        self.l3.clear()
+        self._pending_patterns += len(ops)
+        await self._submit(ops, durable=True)
+        return taken, ops[-1].sequence
 
     def warm(self, count: int) -> tuple[int, float]:
         """Load the ``count`` patterns most likely to be read into the caches.

@@ -70,6 +70,9 @@ class StateReading:
     codec_bytes_in: dict[str, int]
     codec_bytes_out: dict[str, int]
     dictionaries: int
+    pruned: dict[str, int]
+    vectors: int
+    vector_bytes: int
 
 
 def _go_code_name(code: grpc.StatusCode) -> str:
@@ -262,6 +265,16 @@ class _StateCollector(Collector):
         yield codec_in
         yield codec_out
         yield _gauge("patternstore_dictionaries", "Trained payload dictionaries.", s.dictionaries)
+        pruned = CounterMetricFamily(
+            "patternstore_pruned", "Patterns the pruner deleted, by reason.", labels=["reason"]
+        )
+        for why, n in s.pruned.items():
+            pruned.add_metric([why], n)
+        yield pruned
+        yield _gauge("patternstore_vectors", "Embeddings in the similarity index.", s.vectors)
+        yield _gauge(
+            "patternstore_vector_index_bytes", "Memory of the similarity index.", s.vector_bytes
+        )
         if s.l1_window is not None:
             yield _gauge(
                 "patternstore_cache_l1_window_entries",

@@ -16,6 +16,7 @@ from .storage.blobs import decode_embedding, decode_trajectory
 
 __all__ = [
     "evidence_of",
+    "expires_ns",
     "learned_row",
     "ns_of",
     "pattern_row",
@@ -49,7 +50,8 @@ def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.
         updated_ns,
         last_outcome_ns,
         version,
-    ) = row[:19]
+        expire_ns,
+    ) = row[:20]
     p = pb.Pattern(
         id=pid,
         type=ptype,
@@ -75,6 +77,8 @@ def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.
     set_ns(p.updated_at, updated_ns)
     if last_outcome_ns:
         set_ns(p.last_outcome_at, last_outcome_ns)
+    if expire_ns:
+        set_ns(p.expires_at, expire_ns)
     return p
 
 
@@ -85,6 +89,11 @@ def ns_of(ts: Timestamp) -> int:
 
 def set_ns(ts: Timestamp, ns: int) -> None:
     ts.seconds, ts.nanos = divmod(ns, _NS)
+
+
+def expires_ns(p: pb.Pattern) -> int:
+    """When the pattern expires, in ns; 0 for never."""
+    return ns_of(p.expires_at) if p.HasField("expires_at") else 0
 
 
 def evidence_of(p: pb.Pattern) -> Evidence:
@@ -146,4 +155,5 @@ def pattern_row(p: pb.Pattern, sequence: int) -> tuple[Any, ...]:
         trajectory,
         json.dumps(dict(p.metadata), separators=(",", ":"), sort_keys=True),
         ns_of(p.created_at),
+        expires_ns(p),
     )

@@ -17,7 +17,14 @@ from .model import row_to_pattern
 from .storage import ConnectionPool
 from .storage import queries as q
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "QuerySpec", "parse_query", "run_query"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "QuerySpec",
+    "parse_query",
+    "run_query",
+    "thompson_page_token",
+]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -28,8 +35,10 @@ _ORDERS = {
     pb.ORDER_BY_USAGE: "usage",
     pb.ORDER_BY_RECENT: "recent",
     pb.ORDER_BY_LOWER_BOUND: "lower_bound",
+    pb.ORDER_BY_THOMPSON: "thompson",
 }
 _TOKEN_VERSION = 1
+_EXPIRES_AT = 19  # storage.queries.COLUMNS position of expires_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +69,15 @@ def parse_query(req: pb.QueryPatternsRequest) -> QuerySpec:
     return QuerySpec(req.type, req.min_confidence, order, limit, after)
 
 
-def run_query(pool: ConnectionPool, spec: QuerySpec) -> bytes:
+def thompson_page_token(spec: QuerySpec, offset: int, seed: int) -> str:
+    """A Thompson ranking pages by offset into the same seeded draw."""
+    return _encode_token(spec, offset, str(seed))
+
+
+def run_query(pool: ConnectionPool, spec: QuerySpec, now_ns: int) -> tuple[bytes, bool]:
     """Run the query on this thread's reader; return the serialised response."""
     params: dict[str, Any] = {
+        "now": now_ns,
         "min_confidence": spec.min_confidence,
         "limit": spec.limit + 1,  # one more than asked tells whether a next page exists
     }
@@ -73,12 +88,15 @@ def run_query(pool: ConnectionPool, spec: QuerySpec) -> bytes:
     sql = q.query_sql(spec.order, bool(spec.type), spec.after is not None)
     rows = pool.query(f"query_{spec.order}", sql, params)
     resp = pb.QueryPatternsResponse()
+    expiring = False
     for row in rows[: spec.limit]:
         resp.patterns.append(row_to_pattern(row, pool.dictionaries))
+        expiring = expiring or bool(row[_EXPIRES_AT])
     if len(rows) > spec.limit:
         last = rows[spec.limit - 1]
         resp.next_page_token = _encode_token(spec, last[-1], last[0])
-    return resp.SerializeToString()
+    # A reply holding a pattern that will expire must not be cached: it would outlive it.
+    return resp.SerializeToString(), not expiring
 
 
 def _encode_token(spec: QuerySpec, value: Any, pid: str) -> str:

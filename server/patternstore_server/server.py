@@ -19,6 +19,7 @@ from .cache.l3 import QueryCache
 from .cache.tiers import PatternTiers
 from .config import Settings
 from .engine import Clock, Engine
+from .errors import PatternStoreError
 from .metrics import SERVICE, Metrics, StateReading
 from .servicer import PatternStoreServicer
 from .sideport import SidePort
@@ -53,6 +54,7 @@ class PatternStoreServer:
         self._serving = False
         # Tasks started from callbacks, kept referenced until done (asyncio holds weak refs).
         self._background: set[asyncio.Future[None]] = set()
+        self._pruner: asyncio.Task[None] | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = False
 
@@ -118,13 +120,20 @@ class PatternStoreServer:
             self._http.start()
             self.metrics_port = self._http.port
             metrics_addr = f"{mhost}:{self.metrics_port}"
-        warmed, seconds = await asyncio.get_running_loop().run_in_executor(
-            None, self.engine.warm, s.warm_count
+        loop = asyncio.get_running_loop()
+        loaded, seconds = await loop.run_in_executor(None, self.engine.load_memory)
+        log.info(
+            "loaded %d posteriors and %d embeddings in %.2f s",
+            loaded,
+            len(self.engine.vectors),
+            seconds,
         )
+        warmed, seconds = await loop.run_in_executor(None, self.engine.warm, s.warm_count)
         log.info("warmed %d patterns into the caches in %.2f s", warmed, seconds)
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        self._pruner = asyncio.create_task(self._prune_loop())
         log.info(
             "patternstore serving grpc=%s:%d metrics=%s db=%s",
             host,
@@ -132,6 +141,19 @@ class PatternStoreServer:
             metrics_addr,
             self.db_path,
         )
+
+    async def _prune_loop(self) -> None:
+        """Delete expired patterns (and what the pruning settings name) every interval."""
+        while True:
+            await asyncio.sleep(self.settings.prune_interval_s)
+            try:
+                taken, _ = await self.engine.prune(False, self.settings.prune_batch)
+            except PatternStoreError as exc:
+                log.warning("pruning pass skipped: %s", exc)
+                continue
+            removed = {why: len(ids) for why, ids in taken.items() if ids}
+            if removed:
+                log.info("pruned %s", removed)
 
     def _not_ready(self) -> str | None:
         """Why /readyz says 503, or None when ready (migrated, warmed, writer alive)."""
@@ -171,6 +193,9 @@ class PatternStoreServer:
             codec_bytes_in=dict(e.blobs.bytes_in),
             codec_bytes_out=dict(e.blobs.bytes_out),
             dictionaries=len(self.pool.dictionaries),
+            pruned=dict(e.pruned),
+            vectors=len(e.vectors),
+            vector_bytes=e.vectors.memory_bytes(),
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -179,6 +204,8 @@ class PatternStoreServer:
             return
         self._stopped = True
         self._serving = False
+        if self._pruner is not None:
+            self._pruner.cancel()
         grace = self.settings.grace_s if grace is None else grace
         deadline = time.monotonic() + grace
         self.engine.stop_accepting()

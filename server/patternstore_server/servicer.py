@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError, Message
 from patternstore.v1 import patternstore_pb2 as pb
 
@@ -23,7 +26,7 @@ from . import validate
 from .engine import Engine, OutcomeResult
 from .errors import InvalidArgument, NotFound, Overloaded, PatternStoreError
 from .metrics import SERVICE, MethodMetrics, Metrics
-from .query import parse_query, run_query
+from .query import QuerySpec, parse_query, run_query, thompson_page_token
 from .storage import ConnectionPool
 from .storage.backup import copy_database
 
@@ -93,6 +96,8 @@ class PatternStoreServicer:
             "UpdateConfidence": self.update_confidence,
             "UpdateConfidenceBatch": self.update_confidence_batch,
             "QueryPatterns": self.query_patterns,
+            "SearchSimilar": self.search_similar,
+            "PrunePatterns": self.prune_patterns,
             "Flush": self.flush,
             "GetStats": self.get_stats,
         }
@@ -211,6 +216,8 @@ class PatternStoreServicer:
     async def query_patterns(self, raw: bytes) -> bytes:
         req = _parse(pb.QueryPatternsRequest, raw)
         spec = parse_query(req)
+        if spec.order == "thompson":
+            return self._thompson_query(req, spec)
         l3 = self._engine.l3
         key = spec.cache_key()
         if req.consistency == pb.CONSISTENCY_STRONG:
@@ -221,9 +228,111 @@ class PatternStoreServicer:
                 return cached
         epoch = l3.epoch(spec.type)
         loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._queries, run_query, self._pool, spec)
-        l3.put(key, spec.type, reply, epoch)
+        now = self._engine.now()
+        reply, cacheable = await loop.run_in_executor(
+            self._queries, run_query, self._pool, spec, now
+        )
+        if cacheable:
+            l3.put(key, spec.type, reply, epoch)
         return reply
+
+    def _frame_patterns(self, ids: list[str]) -> list[bytes]:
+        """Found patterns of ``ids`` framed as repeated field 1 (skipping missing ones)."""
+        parts: list[bytes] = []
+        for data in self._engine.get_many_serialized(ids):
+            if data is not None:
+                size = len(data)
+                parts.append(
+                    _PATTERN_PREFIX[size] if size < _PREFIXED else _PATTERNS_TAG + _varint(size)
+                )
+                parts.append(data)
+        return parts
+
+    def _thompson_query(self, req: pb.QueryPatternsRequest, spec: QuerySpec) -> bytes:
+        # Page n of a Thompson ranking is the same seeded draw, n pages further in.
+        offset = 0
+        seed = req.seed
+        if spec.after is not None:
+            offset, seed = int(spec.after[0]), int(spec.after[1])
+        if not seed:
+            seed = secrets.randbits(63) or 1
+        ids = self._engine.thompson_ids(
+            spec.type, spec.min_confidence, offset + spec.limit + 1, seed
+        )
+        page = ids[offset : offset + spec.limit]
+        parts = self._frame_patterns(page)
+        if len(ids) > offset + spec.limit:
+            token = thompson_page_token(spec, offset + spec.limit, seed).encode()
+            parts += (b"\x12", _varint(len(token)), token)
+        return b"".join(parts)
+
+    async def search_similar(self, raw: bytes) -> bytes:
+        req = _parse(pb.SearchSimilarRequest, raw)
+        index = self._engine.vectors
+        if not req.embedding:
+            raise InvalidArgument("embedding", "must not be empty")
+        if index.dims is not None and len(req.embedding) != index.dims:
+            raise InvalidArgument(
+                "embedding", f"has {len(req.embedding)} values; stored embeddings have {index.dims}"
+            )
+        query = np.asarray(req.embedding, dtype=np.float32)
+        if not np.isfinite(query).all() or not query.any():
+            raise InvalidArgument("embedding", "must be finite and not all zeros")
+        if req.type:
+            validate.check_type(req.type)
+        if math.isnan(req.min_confidence):
+            raise InvalidArgument("min_confidence", "must be a number, not NaN")
+        if req.order_by not in (pb.ORDER_BY_UNSPECIFIED, pb.ORDER_BY_THOMPSON):
+            raise InvalidArgument("order_by", "SearchSimilar ranks by similarity or THOMPSON only")
+        k = 10 if req.k == 0 else min(req.k, 1000)
+        if index.dims is None:
+            return b""
+        # Expired patterns stay in the index until pruned: ask for a few more.
+        fetch = k * 2 if self._engine.has_expiring else k
+
+        def search() -> list[tuple[str, float]]:
+            return index.search(
+                query,
+                fetch,
+                type=req.type or None,
+                min_confidence=req.min_confidence,
+                exact=req.exact,
+                fetch_exact=self._engine.embeddings_for,
+            )
+
+        loop = asyncio.get_running_loop()
+        try:
+            hits = await loop.run_in_executor(self._queries, search)
+        except ValueError as exc:
+            raise InvalidArgument("embedding", str(exc)) from None
+        ids = [pid for pid, _ in hits]
+        found = [
+            (pid, sim, data)
+            for (pid, sim), data in zip(hits, self._engine.get_many_serialized(ids), strict=True)
+            if data is not None
+        ][:k]
+        if req.order_by == pb.ORDER_BY_THOMPSON and found:
+            alpha, beta = self._engine.posteriors.params([pid for pid, _, _ in found])
+            rng = np.random.default_rng(req.seed or None)
+            order = np.argsort(-rng.beta(alpha, beta), kind="stable")
+            found = [found[i] for i in order]
+        resp = pb.SearchSimilarResponse()
+        for _, sim, data in found:
+            item = resp.results.add(similarity=sim)
+            item.pattern.MergeFromString(data)
+        return resp.SerializeToString()
+
+    async def prune_patterns(self, raw: bytes) -> bytes:
+        req = _parse(pb.PrunePatternsRequest, raw)
+        taken, seq = await self._engine.prune(req.dry_run, self._engine.prune_batch)
+        resp = pb.PrunePatternsResponse(
+            expired=len(taken.get("expired", ())),
+            low_confidence=len(taken.get("low_confidence", ())),
+            idle=len(taken.get("idle", ())),
+            sequence=seq,
+        )
+        resp.ids.extend([pid for ids in taken.values() for pid in ids][:1000])
+        return resp.SerializeToString()
 
     def _backup_handler(
         self, m: MethodMetrics

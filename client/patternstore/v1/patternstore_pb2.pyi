@@ -30,6 +30,7 @@ class OrderBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_BY_USAGE: _ClassVar[OrderBy]
     ORDER_BY_RECENT: _ClassVar[OrderBy]
     ORDER_BY_LOWER_BOUND: _ClassVar[OrderBy]
+    ORDER_BY_THOMPSON: _ClassVar[OrderBy]
 
 class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,12 +49,13 @@ ORDER_BY_CONFIDENCE: OrderBy
 ORDER_BY_USAGE: OrderBy
 ORDER_BY_RECENT: OrderBy
 ORDER_BY_LOWER_BOUND: OrderBy
+ORDER_BY_THOMPSON: OrderBy
 CONSISTENCY_UNSPECIFIED: Consistency
 CONSISTENCY_BOUNDED: Consistency
 CONSISTENCY_STRONG: Consistency
 
 class Pattern(_message.Message):
-    __slots__ = ("id", "type", "name", "description", "data", "embedding", "trajectory", "metadata", "confidence", "alpha", "beta", "usage_count", "success_count", "failure_count", "created_at", "updated_at", "last_outcome_at", "version")
+    __slots__ = ("id", "type", "name", "description", "data", "embedding", "trajectory", "metadata", "expires_at", "confidence", "alpha", "beta", "usage_count", "success_count", "failure_count", "created_at", "updated_at", "last_outcome_at", "version")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +71,7 @@ class Pattern(_message.Message):
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +90,7 @@ class Pattern(_message.Message):
     embedding: _containers.RepeatedScalarFieldContainer[float]
     trajectory: Trajectory
     metadata: _containers.ScalarMap[str, str]
+    expires_at: _timestamp_pb2.Timestamp
     confidence: float
     alpha: float
     beta: float
@@ -97,7 +101,7 @@ class Pattern(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     last_outcome_at: _timestamp_pb2.Timestamp
     version: int
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., data: _Optional[bytes] = ..., embedding: _Optional[_Iterable[float]] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., confidence: _Optional[float] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., usage_count: _Optional[int] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_outcome_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., data: _Optional[bytes] = ..., embedding: _Optional[_Iterable[float]] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., confidence: _Optional[float] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., usage_count: _Optional[int] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_outcome_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Trajectory(_message.Message):
     __slots__ = ("dims", "values")
@@ -248,20 +252,22 @@ class RecordOutcomesResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., not_found: _Optional[int] = ..., duplicates: _Optional[int] = ..., durable_sequence: _Optional[int] = ...) -> None: ...
 
 class QueryPatternsRequest(_message.Message):
-    __slots__ = ("type", "min_confidence", "order_by", "limit", "page_token", "consistency")
+    __slots__ = ("type", "min_confidence", "order_by", "limit", "page_token", "consistency", "seed")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     type: str
     min_confidence: float
     order_by: OrderBy
     limit: int
     page_token: str
     consistency: Consistency
-    def __init__(self, type: _Optional[str] = ..., min_confidence: _Optional[float] = ..., order_by: _Optional[_Union[OrderBy, str]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+    seed: int
+    def __init__(self, type: _Optional[str] = ..., min_confidence: _Optional[float] = ..., order_by: _Optional[_Union[OrderBy, str]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class QueryPatternsResponse(_message.Message):
     __slots__ = ("patterns", "next_page_token")
@@ -270,6 +276,58 @@ class QueryPatternsResponse(_message.Message):
     patterns: _containers.RepeatedCompositeFieldContainer[Pattern]
     next_page_token: str
     def __init__(self, patterns: _Optional[_Iterable[_Union[Pattern, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SearchSimilarRequest(_message.Message):
+    __slots__ = ("embedding", "k", "type", "min_confidence", "exact", "order_by", "seed")
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    k: int
+    type: str
+    min_confidence: float
+    exact: bool
+    order_by: OrderBy
+    seed: int
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., type: _Optional[str] = ..., min_confidence: _Optional[float] = ..., exact: _Optional[bool] = ..., order_by: _Optional[_Union[OrderBy, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ScoredPattern(_message.Message):
+    __slots__ = ("pattern", "similarity")
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    pattern: Pattern
+    similarity: float
+    def __init__(self, pattern: _Optional[_Union[Pattern, _Mapping]] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class SearchSimilarResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ScoredPattern]
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoredPattern, _Mapping]]] = ...) -> None: ...
+
+class PrunePatternsRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class PrunePatternsResponse(_message.Message):
+    __slots__ = ("expired", "low_confidence", "idle", "ids", "sequence")
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    LOW_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    expired: int
+    low_confidence: int
+    idle: int
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    sequence: int
+    def __init__(self, expired: _Optional[int] = ..., low_confidence: _Optional[int] = ..., idle: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
     __slots__ = ()

@@ -79,6 +79,16 @@ class PatternStoreStub:
                 request_serializer=patternstore_dot_v1_dot_patternstore__pb2.QueryPatternsRequest.SerializeToString,
                 response_deserializer=patternstore_dot_v1_dot_patternstore__pb2.QueryPatternsResponse.FromString,
                 _registered_method=True)
+        self.SearchSimilar = channel.unary_unary(
+                '/patternstore.v1.PatternStore/SearchSimilar',
+                request_serializer=patternstore_dot_v1_dot_patternstore__pb2.SearchSimilarRequest.SerializeToString,
+                response_deserializer=patternstore_dot_v1_dot_patternstore__pb2.SearchSimilarResponse.FromString,
+                _registered_method=True)
+        self.PrunePatterns = channel.unary_unary(
+                '/patternstore.v1.PatternStore/PrunePatterns',
+                request_serializer=patternstore_dot_v1_dot_patternstore__pb2.PrunePatternsRequest.SerializeToString,
+                response_deserializer=patternstore_dot_v1_dot_patternstore__pb2.PrunePatternsResponse.FromString,
+                _registered_method=True)
         self.Flush = channel.unary_unary(
                 '/patternstore.v1.PatternStore/Flush',
                 request_serializer=patternstore_dot_v1_dot_patternstore__pb2.FlushRequest.SerializeToString,
@@ -154,6 +164,19 @@ class PatternStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchSimilar(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrunePatterns(self, request, context):
+        """Needs the admin role when tokens are configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Flush(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -220,6 +243,16 @@ def add_PatternStoreServicer_to_server(servicer, server):
                     servicer.QueryPatterns,
                     request_deserializer=patternstore_dot_v1_dot_patternstore__pb2.QueryPatternsRequest.FromString,
                     response_serializer=patternstore_dot_v1_dot_patternstore__pb2.QueryPatternsResponse.SerializeToString,
+            ),
+            'SearchSimilar': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchSimilar,
+                    request_deserializer=patternstore_dot_v1_dot_patternstore__pb2.SearchSimilarRequest.FromString,
+                    response_serializer=patternstore_dot_v1_dot_patternstore__pb2.SearchSimilarResponse.SerializeToString,
+            ),
+            'PrunePatterns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrunePatterns,
+                    request_deserializer=patternstore_dot_v1_dot_patternstore__pb2.PrunePatternsRequest.FromString,
+                    response_serializer=patternstore_dot_v1_dot_patternstore__pb2.PrunePatternsResponse.SerializeToString,
             ),
             'Flush': grpc.unary_unary_rpc_method_handler(
                     servicer.Flush,
@@ -480,6 +513,60 @@ class PatternStore:
             '/patternstore.v1.PatternStore/QueryPatterns',
             patternstore_dot_v1_dot_patternstore__pb2.QueryPatternsRequest.SerializeToString,
             patternstore_dot_v1_dot_patternstore__pb2.QueryPatternsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSimilar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/patternstore.v1.PatternStore/SearchSimilar',
+            patternstore_dot_v1_dot_patternstore__pb2.SearchSimilarRequest.SerializeToString,
+            patternstore_dot_v1_dot_patternstore__pb2.SearchSimilarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrunePatterns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/patternstore.v1.PatternStore/PrunePatterns',
+            patternstore_dot_v1_dot_patternstore__pb2.PrunePatternsRequest.SerializeToString,
+            patternstore_dot_v1_dot_patternstore__pb2.PrunePatternsResponse.FromString,
             options,
             channel_credentials,
             insecure,

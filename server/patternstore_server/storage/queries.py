@@ -14,6 +14,8 @@ __all__ = [
     "ORDER_COLUMNS",
     "PATTERN_FIELDS",
     "PRUNE_OUTCOME_REQUESTS",
+    "SELECT_EMBEDDINGS_IN",
+    "SELECT_MEMORY",
     "SELECT_PATTERN",
     "SELECT_PATTERNS_IN",
     "SELECT_WARM",
@@ -26,7 +28,7 @@ __all__ = [
 COLUMNS = (
     "id, type, name, description, blobs.data, embedding, trajectory_dims, trajectory, metadata, "
     "confidence, alpha, beta, usage_count, success_count, failure_count, "
-    "created_ns, updated_ns, last_outcome_ns, version"
+    "created_ns, updated_ns, last_outcome_ns, version, expires_ns"
 )
 
 # Every read of whole patterns: the payload lives in blobs (storage/blobs.py).
@@ -64,6 +66,7 @@ PATTERN_FIELDS = (
     "trajectory",
     "metadata",
     "created_ns",
+    "expires_ns",
 )
 
 UPSERT_PATTERN = (
@@ -76,6 +79,13 @@ UPSERT_PATTERN = (
 # An outcome rewrites only the learned columns: the payload blobs stay where they are.
 # Parameters: LEARNED_FIELDS, then the id.
 UPDATE_LEARNED = f"UPDATE patterns SET {', '.join(f'{c} = ?' for c in LEARNED_FIELDS)} WHERE id = ?"
+
+# Start-up: what the in-memory posteriors and the vector index are built from.
+SELECT_MEMORY = (
+    "SELECT id, type, alpha, beta, confidence, usage_count, expires_ns, "
+    "max(updated_ns, last_outcome_ns), embedding FROM patterns"
+)
+SELECT_EMBEDDINGS_IN = "SELECT id, embedding FROM patterns WHERE id IN ({})"
 
 # Start-up warming: the most used patterns, then the most trusted (index patterns_usage).
 SELECT_WARM = f"SELECT {COLUMNS} {FROM_PATTERNS} ORDER BY usage_count DESC, confidence DESC LIMIT ?"
@@ -113,7 +123,8 @@ ORDER_COLUMNS = {
 
 
 def _build_query(column: str, typed: bool, after: bool) -> str:
-    where = ["confidence >= :min_confidence"]
+    # Expired patterns are invisible from their expiry on, deleted later by the pruner.
+    where = ["confidence >= :min_confidence", "(expires_ns = 0 OR expires_ns > :now)"]
     if typed:
         where.append("type = :type")
     if after:

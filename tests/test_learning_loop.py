@@ -1,0 +1,191 @@
+"""Similarity search, Thompson ranking, expiry and pruning, end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from patternstore import ORDER_BY_THOMPSON, Pattern, PatternStoreClient, update_request
+
+from .conftest import FakeClock
+
+DIMS = 32
+
+
+def _vectors(n: int, seed: int = 1) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, DIMS)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _code(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc.value.code()  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.fixture
+def stored(client: PatternStoreClient) -> np.ndarray:
+    vecs = _vectors(300)
+    for lo in range(0, 300, 100):
+        client.store_patterns(
+            [
+                Pattern(
+                    id=f"v{i:03d}", type="even" if i % 2 == 0 else "odd", embedding=vecs[i].tolist()
+                )
+                for i in range(lo, lo + 100)
+            ]
+        )
+    return vecs
+
+
+def test_search_finds_the_neighbours_best_first(
+    client: PatternStoreClient, stored: np.ndarray
+) -> None:
+    noise = np.random.default_rng(9).normal(scale=0.05, size=DIMS).astype(np.float32)
+    query = stored[42] + noise
+    r = client.search_similar(query.tolist(), k=5)
+    sims = [x.similarity for x in r.results]
+    assert r.results[0].pattern.id == "v042" and len(sims) == 5
+    assert sims == sorted(sims, reverse=True)
+    exact = client.search_similar(query.tolist(), k=10, exact=True)
+    cos = stored @ (query / np.linalg.norm(query))
+    assert [x.pattern.id for x in exact.results] == [f"v{i:03d}" for i in np.argsort(-cos)[:10]]
+    assert exact.results[0].similarity == pytest.approx(float(cos.max()), abs=1e-5)
+
+
+def test_filters_apply_before_ranking(client: PatternStoreClient, stored: np.ndarray) -> None:
+    # The nearest neighbours of an even vector are mostly other types; asking for odd
+    # still returns k odd ones (a filter after ranking would return fewer or none).
+    r = client.search_similar(stored[10].tolist(), k=20, type="odd")
+    assert len(r.results) == 20 and {x.pattern.type for x in r.results} == {"odd"}
+    client.update_confidence_batch(
+        [update_request(f"v{i:03d}", "success") for i in range(0, 40, 2)]
+    )
+    r = client.search_similar(stored[10].tolist(), k=50, min_confidence=0.6)
+    assert len(r.results) == 20 and all(x.pattern.confidence >= 0.6 for x in r.results)
+
+
+def test_the_index_follows_writes_and_restarts(start_server: Any, clock: FakeClock) -> None:
+    vecs = _vectors(50, seed=3)
+    srv = start_server(clock)
+    with PatternStoreClient(srv.target) as c:
+        c.store_patterns(
+            [Pattern(id=f"p{i}", type="t", embedding=vecs[i].tolist()) for i in range(50)]
+        )
+        assert c.search_similar(vecs[7].tolist(), k=1).results[0].pattern.id == "p7"
+        c.store_pattern(Pattern(id="p7", type="t", embedding=vecs[8].tolist()))  # moved
+        top = [x.pattern.id for x in c.search_similar(vecs[7].tolist(), k=50).results]
+        assert top[0] != "p7"
+        c.delete_pattern("p8")
+        assert "p8" not in [x.pattern.id for x in c.search_similar(vecs[8].tolist(), k=50).results]
+        with pytest.raises(grpc.RpcError) as exc:
+            c.store_pattern(Pattern(id="bad", type="t", embedding=[1.0, 2.0]))
+        assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as exc:
+            c.search_similar([1.0] * (DIMS + 1))
+        assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    srv.stop()
+    again = start_server(clock)
+    with PatternStoreClient(again.target) as c:
+        r = c.search_similar(vecs[8].tolist(), k=1)  # p7 holds vecs[8] now
+        assert r.results[0].pattern.id == "p7"
+        assert len(c.search_similar(vecs[0].tolist(), k=100).results) == 49
+
+
+def test_thompson_is_reproducible_and_pages(client: PatternStoreClient) -> None:
+    client.store_patterns([Pattern(id=f"t{i:02d}", type="arm") for i in range(30)])
+    first = [
+        p.id for p in client.query_patterns("arm", order_by=ORDER_BY_THOMPSON, seed=7).patterns
+    ]
+    again = [
+        p.id for p in client.query_patterns("arm", order_by=ORDER_BY_THOMPSON, seed=7).patterns
+    ]
+    assert first == again and sorted(first) == [f"t{i:02d}" for i in range(30)]
+    seen, token = [], ""
+    while True:
+        page = client.query_patterns(
+            "arm", order_by=ORDER_BY_THOMPSON, seed=7, limit=7, page_token=token
+        )
+        seen += [p.id for p in page.patterns]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == first
+
+
+def test_thompson_frequencies_match_the_probability_of_being_best(
+    client: PatternStoreClient,
+) -> None:
+    # Three arms with known posteriors: Beta(4, 2), Beta(3, 3), Beta(2, 1).
+    client.store_patterns([Pattern(id=x, type="bandit") for x in ("a", "b", "c")])
+    client.update_confidence_batch(
+        [update_request("a", "success")] * 3
+        + [update_request("a", "failure")]
+        + [update_request("b", "success")] * 2
+        + [update_request("b", "failure")] * 2
+        + [update_request("c", "success")]
+    )
+    params = {"a": (4.0, 2.0), "b": (3.0, 3.0), "c": (2.0, 1.0)}
+    rng = np.random.default_rng(0)
+    draws = np.stack([rng.beta(*params[x], size=400_000) for x in "abc"])
+    p_best = {x: float(np.mean(draws.argmax(axis=0) == i)) for i, x in enumerate("abc")}
+    n = 1500
+    wins = dict.fromkeys("abc", 0)
+    for seed in range(1, n + 1):
+        top = client.query_patterns("bandit", order_by=ORDER_BY_THOMPSON, seed=seed, limit=1)
+        wins[top.patterns[0].id] += 1
+    for x in "abc":
+        sigma = (p_best[x] * (1 - p_best[x]) / n) ** 0.5
+        assert abs(wins[x] / n - p_best[x]) < 4.5 * sigma, (x, wins[x] / n, p_best[x])
+
+
+def test_expired_patterns_are_invisible_then_pruned(
+    client: PatternStoreClient, clock: FakeClock
+) -> None:
+    soon = Timestamp()
+    soon.FromNanoseconds(clock.now_ns + 10 * 10**9)
+    vec = _vectors(2)
+    client.store_patterns(
+        [
+            Pattern(id="brief", type="t", embedding=vec[0].tolist(), expires_at=soon),
+            Pattern(id="stays", type="t", embedding=vec[1].tolist()),
+        ]
+    )
+    assert client.get_pattern("brief").expires_at == soon
+    assert [p.id for p in client.query_patterns("t").patterns] == ["brief", "stays"]
+    clock.advance(11)
+    with pytest.raises(grpc.RpcError) as exc:
+        client.get_pattern("brief")
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    assert list(client.get_patterns(["brief", "stays"]).missing_ids) == ["brief"]
+    assert [p.id for p in client.query_patterns("t").patterns] == ["stays"]
+    assert [x.pattern.id for x in client.search_similar(vec[0].tolist(), k=5).results] == ["stays"]
+    with pytest.raises(grpc.RpcError) as exc:
+        client.update_confidence("brief", "success")
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    dry = client.prune_patterns(dry_run=True)
+    assert (dry.expired, list(dry.ids), dry.sequence) == (1, ["brief"], 0)
+    assert client.get_stats().patterns == 2  # a dry run deletes nothing
+    done = client.prune_patterns()
+    assert done.expired == 1 and done.sequence > 0
+    assert client.get_stats().patterns == 1
+
+
+def test_pruning_by_confidence_and_idleness(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, prune_below_confidence=0.3, prune_min_evidence=5, prune_idle_s=100.0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_patterns([Pattern(id=x, type="t") for x in ("bad", "young", "good", "idle")])
+        c.update_confidence_batch([update_request("bad", "failure")] * 6)
+        c.update_confidence_batch([update_request("young", "failure")] * 2)
+        c.update_confidence_batch([update_request("good", "success")] * 6)
+        assert list(c.prune_patterns(dry_run=True).ids) == ["bad"]
+        clock.advance(60)
+        c.get_pattern("young")  # reads count as activity
+        c.update_confidence("good", "success")
+        clock.advance(60)  # "idle" has now seen nothing for 120 s
+        r = c.prune_patterns()
+        assert (r.low_confidence, r.idle) == (1, 1)
+        assert sorted(r.ids) == ["bad", "idle"]
+        left = c.get_patterns(["bad", "young", "good", "idle"])
+        assert [p.id for p in left.patterns] == ["young", "good"]
