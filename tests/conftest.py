@@ -82,7 +82,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     started: list[RunningServer] = []
 
     def start(clock: Callable[[], int] = time.time_ns, **overrides: Any) -> RunningServer:
-        s = RunningServer(make_settings(tmp_path / "data", **overrides), clock)
+        data_dir = Path(overrides.pop("data_dir", tmp_path / "data"))
+        s = RunningServer(make_settings(data_dir, **overrides), clock)
         started.append(s)
         return s
 

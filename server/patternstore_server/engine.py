@@ -30,12 +30,14 @@ from .confidence import ModelParams, apply_outcome, prior
 from .config import Settings
 from .errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Overloaded,
     PatternStoreError,
     ShuttingDown,
     StorageError,
+    StorageUnavailable,
     VersionConflict,
     storage_errors,
 )
@@ -144,6 +146,9 @@ class Engine:
         self.outcome_counts = dict.fromkeys(_NAMES.values(), 0)
         # Called once, on the loop thread, when a commit fails (health turns NOT_SERVING).
         self.on_failure: Callable[[BaseException], None] | None = None
+        # Set while the writer retries a batch that cannot commit (disk full, lock held
+        # elsewhere): the error new writes get until it clears.
+        self._degraded: PatternStoreError | None = None
         self._accepting = True
         self._failure: BaseException | None = None
         self.started_monotonic = time.monotonic()
@@ -184,6 +189,7 @@ class Engine:
             checkpoint_pages=settings.wal_autocheckpoint_pages,
             on_commit=self._committed_from_writer,
         )
+        self._committer.on_degraded = self._degraded_from_writer
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -285,6 +291,8 @@ class Engine:
     # -- writes ------------------------------------------------------------------------
 
     def _admit(self, n_ops: int) -> None:
+        if self._degraded is not None:
+            raise self._degraded
         if self._failure is not None:
             raise ShuttingDown(
                 f"writes are refused since a commit failed ({self._failure}); restart the server"
@@ -575,6 +583,35 @@ class Engine:
     def pending_counts(self) -> tuple[int, int]:
         """(stores and deletes, outcomes) accepted but not yet committed."""
         return self._pending_patterns, self._pending_updates
+
+    def _degraded_from_writer(self, error: StorageError | None) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._set_degraded, error)
+
+    def _set_degraded(self, error: StorageError | None) -> None:
+        if error is None:
+            self._degraded = None
+            return
+        cause = error.__cause__
+        detail = f"{type(cause).__name__}: {cause}"
+        if isinstance(cause, apsw.FullError):
+            self._degraded = Overloaded(
+                f"the disk is full ({detail}); writes resume once space is freed", 1000
+            )
+        elif isinstance(cause, apsw.ReadOnlyError):
+            self._degraded = FailedPrecondition(
+                f"the database cannot be written ({detail}); fix its permissions or mount"
+            )
+        else:
+            self._degraded = StorageUnavailable(
+                f"writes are paused: {detail} (another process may hold the database lock); "
+                "retry shortly"
+            )
+
+    @property
+    def degraded(self) -> str | None:
+        return None if self._degraded is None else str(self._degraded)
 
     def _committed_from_writer(
         self, groups: Sequence[Sequence[Op]], last: int, error: BaseException | None

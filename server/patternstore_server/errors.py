@@ -9,6 +9,8 @@
     ├── VersionConflict               -> ABORTED            (expected_version differs)
     ├── Overloaded                    -> RESOURCE_EXHAUSTED (write queue full)
     ├── ShuttingDown                  -> UNAVAILABLE        (draining after SIGTERM)
+    ├── StorageUnavailable            -> UNAVAILABLE        (writer stuck on a lock or I/O error)
+    ├── FailedPrecondition            -> FAILED_PRECONDITION (e.g. the database is read-only)
     └── StorageError                  -> INTERNAL           (SQLite said no; translated once)
         └── StoreClosed                                     (use after close)
 
@@ -25,12 +27,14 @@ import grpc
 
 __all__ = [
     "AlreadyExists",
+    "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
     "Overloaded",
     "PatternStoreError",
     "ShuttingDown",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosed",
     "VersionConflict",
     "storage_errors",
@@ -74,6 +78,14 @@ class Overloaded(PatternStoreError):
 
 class ShuttingDown(PatternStoreError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class StorageUnavailable(PatternStoreError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPrecondition(PatternStoreError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class StorageError(PatternStoreError):

@@ -64,6 +64,15 @@ class Delete:
 
 
 Op = Put | Learn | Delete
+# Faults that go away without a restart: the writer retries the batch until they do.
+_TRANSIENT = (
+    apsw.BusyError,
+    apsw.LockedError,
+    apsw.FullError,
+    apsw.IOError,
+    apsw.ReadOnlyError,
+    apsw.CantOpenError,
+)
 _SQL: dict[type, str] = {Put: q.UPSERT_PATTERN, Learn: q.UPDATE_LEARNED, Delete: q.DELETE_PATTERN}
 CommitCallback = Callable[[Sequence[Sequence[Op]], int, BaseException | None], None]
 
@@ -108,6 +117,10 @@ class GroupCommitter:
         self.last_commit_seconds = 0.0
         self.checkpoints = 0
         self.batch_observer: Callable[[int, float], None] | None = None
+        # Told (from this thread) when commits start failing for a transient reason and
+        # when they work again (None).
+        self.on_degraded: Callable[[StorageError | None], None] | None = None
+        self._degraded = False
 
     # -- called from the acceptor ------------------------------------------------------
 
@@ -174,11 +187,7 @@ class GroupCommitter:
             last = max((op.sequence for group in batch for op in group), default=0)
             error = self._failure
             if error is None:
-                try:
-                    self._commit(batch, last)
-                except BaseException as exc:  # report it to the waiters, then refuse writes
-                    log.exception("group commit failed; refusing further writes")
-                    self._failure = error = exc
+                error = self._commit_retrying(batch, last)
             self._on_commit(batch, last, error)
             if error is None:
                 self._train_if_due()
@@ -186,6 +195,42 @@ class GroupCommitter:
                 self._checkpoint(apsw.SQLITE_CHECKPOINT_PASSIVE)
         if self._failure is None:
             self._checkpoint(apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+    def _commit_retrying(self, batch: list[Sequence[Op]], last: int) -> BaseException | None:
+        """Commit, retrying while the fault is one that goes away (disk full, a lock held
+        by another process, an I/O error); None once committed, else the fatal error.
+
+        The batch is kept meanwhile, so nothing accepted is lost; the engine refuses new
+        writes while ``on_degraded`` says the writer is stuck.
+        """
+        delay = 0.05
+        while True:
+            try:
+                self._commit(batch, last)
+            except StorageError as exc:
+                if not isinstance(exc.__cause__, _TRANSIENT):
+                    log.exception("group commit failed; refusing further writes")
+                    self._failure = exc
+                    return exc
+                if not self._degraded:
+                    log.warning("group commit failed, retrying until the fault clears: %s", exc)
+                self._set_degraded(exc)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+            except BaseException as exc:  # a bug: report it to the waiters, refuse writes
+                log.exception("group commit failed; refusing further writes")
+                self._failure = exc
+                return exc
+            else:
+                if self._degraded:
+                    log.warning("group commit succeeded again; accepting writes")
+                    self._set_degraded(None)
+                return None
+
+    def _set_degraded(self, error: StorageError | None) -> None:
+        self._degraded = error is not None
+        if self.on_degraded is not None:
+            self.on_degraded(error)
 
     def _commit(self, batch: list[Sequence[Op]], last: int) -> None:
         started = time.perf_counter()

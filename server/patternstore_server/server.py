@@ -159,6 +159,8 @@ class PatternStoreServer:
         """Why /readyz says 503, or None when ready (migrated, warmed, writer alive)."""
         if not self._serving:
             return "starting" if not self._stopped else "shutting down"
+        if self.engine.degraded is not None:
+            return f"writes paused: {self.engine.degraded}"
         if not self.engine.healthy:
             return "the writer stopped after a failed commit; see the log and restart"
         return None
@@ -222,7 +224,9 @@ class PatternStoreServer:
             await asyncio.sleep(0.005)
         if self._grpc is not None:
             await self._grpc.stop(max(0.0, deadline - time.monotonic()))
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        # A writer stuck on a fault gets the rest of the grace, no more.
+        remaining = max(1.0, deadline - time.monotonic())
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close, remaining)
         self.servicer.close()
         self.pool.close()
         if self._http is not None:

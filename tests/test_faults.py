@@ -1,0 +1,165 @@
+"""Faults: a lock held by another process, a full disk, a corrupt WAL tail.
+
+Each gets a clear status, reads keep working, writes resume once the fault is gone, and
+nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import grpc
+import pytest
+from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient, RetryPolicy
+
+from .conftest import FakeClock, RunningServer
+from .proc import ServerProcess
+
+ONCE = RetryPolicy(attempts=1)
+
+
+def _code(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc.value.code()  # type: ignore[attr-defined, no-any-return]
+
+
+def _eventually(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, grpc.RpcError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _readyz(srv: RunningServer) -> int:
+    try:
+        url = f"http://127.0.0.1:{srv.server.metrics_port}/readyz"
+        return int(urllib.request.urlopen(url, timeout=5).status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_lock_held_elsewhere_pauses_writes_not_reads(start_server: Any, clock: FakeClock) -> None:
+    srv = start_server(clock, busy_timeout_ms=100)
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
+        c.store_pattern(Pattern(id="before", type="t"))
+        other = apsw.Connection(str(srv.server.db_path))
+        other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+        try:
+            queued = c.store_pattern(Pattern(id="queued", type="t"), durability=DURABILITY_QUEUED)
+
+            def paused() -> None:
+                with pytest.raises(grpc.RpcError) as exc:
+                    c.store_pattern(Pattern(id="refused", type="t"))
+                assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+                assert "lock" in exc.value.details()  # type: ignore[attr-defined]
+
+            _eventually(paused)
+            assert c.get_pattern("before").id == "before"  # reads keep working
+            assert c.get_pattern("queued").id == "queued"
+            assert _readyz(srv) == 503
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        _eventually(lambda: c.store_pattern(Pattern(id="after", type="t")))
+        assert c.flush().durable_sequence >= queued.sequence
+        assert _readyz(srv) == 200
+    srv.stop()
+    again = start_server(clock)
+    with PatternStoreClient(again.target) as c:
+        assert sorted(p.id for p in c.get_patterns(["before", "queued", "after"]).patterns) == [
+            "after",
+            "before",
+            "queued",
+        ]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: a real full disk. Needs the right to mount (root, as on CI)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs on CI: {r.stderr.strip()}")
+        pytest.skip(f"this machine does not let us mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_refuses_writes_clearly_and_recovers(
+    start_server: Any, clock: FakeClock, tiny_disk: Path
+) -> None:
+    ballast = tiny_disk / "ballast"
+    srv = start_server(clock, data_dir=str(tiny_disk / "data"), warm_count=0)
+    acked: list[str] = []
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=3) as c:
+        c.store_pattern(Pattern(id="p0", type="t"))
+        acked.append("p0")
+        free = shutil.disk_usage(tiny_disk).free
+        ballast.write_bytes(b"\0" * max(0, free - 4096))  # fill the disk
+        code = None
+        for i in range(1, 400):  # write until the disk refuses
+            try:
+                c.store_pattern(Pattern(id=f"p{i}", type="t", data=os.urandom(2000)))
+                acked.append(f"p{i}")
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert "disk is full" in exc.details()  # type: ignore[attr-defined]
+                    break
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert c.get_pattern("p0").id == "p0"  # reads keep working
+        ballast.unlink()  # the operator frees space
+        _eventually(lambda: c.store_pattern(Pattern(id="after", type="t")))
+        acked.append("after")
+        got = c.get_patterns(acked)
+        assert not got.missing_ids
+
+
+def test_a_corrupt_wal_tail_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data, "--wal-autocheckpoint-pages", "100000")
+    try:
+        with PatternStoreClient(server.target) as c:
+            for lo in range(0, 600, 100):
+                c.store_patterns(
+                    [Pattern(id=f"p{i}", type="t", data=b"x" * 200) for i in range(lo, lo + 100)]
+                )
+            c.update_confidence("p5", "success")
+            acked = c.get_pattern("p5")
+        server.kill9()
+    finally:
+        server.close()
+    wal = data / "patterns.db-wal"
+    assert wal.stat().st_size > 0
+    with wal.open("ab") as f:  # a torn write: half a frame of garbage after the last one
+        f.write(os.urandom(3000))
+    restarted = ServerProcess(data)
+    try:
+        with PatternStoreClient(restarted.target) as c:
+            for lo in range(0, 600, 100):
+                assert not c.get_patterns([f"p{i}" for i in range(lo, lo + 100)]).missing_ids
+            p = c.get_pattern("p5")
+            assert (p.version, p.confidence) == (acked.version, acked.confidence)
+    finally:
+        restarted.close()
+    conn = apsw.Connection(str(data / "patterns.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
