@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO := proto/patternstore/v1/patternstore.proto
 
-.PHONY: run test lint typecheck proto bench-codecs chaos clean
+.PHONY: run test lint typecheck proto bench-codecs chaos soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-codecs: $(VENV)/.test-installed
 ## The crash harness for longer: 200 kill -9 rounds (CHAOS_SEED=... replays one).
 chaos: $(VENV)/.test-installed
 	CHAOS_ROUNDS=200 $(BIN)/python -m pytest -q -s tests/chaos
+
+## A mixed load for 30 minutes (MINUTES=...), printing RSS, p99 and WAL size each minute.
+MINUTES ?= 30
+soak: $(VENV)/.run-installed
+	$(BIN)/python loadtest/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

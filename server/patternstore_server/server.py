@@ -49,6 +49,7 @@ class PatternStoreServer:
         self.port = 0
         self.metrics_port = 0
         self.metrics = Metrics(slow_query_seconds=settings.slow_query_ms / 1000.0)
+        self.metrics.per_call = settings.grpc_metrics == "on"
         self._grpc: grpc.aio.Server | None = None
         self._http: SidePort | None = None
         self._serving = False

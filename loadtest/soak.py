@@ -1,0 +1,187 @@
+"""`make soak`: a mixed load for a set time, printing RSS, p99 and WAL size every minute.
+
+A flat line is the goal: memory, latency and the WAL must not grow with time. The load
+is a learning worker's mix (Zipf-distributed reads by id, top-k queries, outcome
+batches, new patterns, a few deletes) from several client threads against a fresh
+server subprocess on a temp database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for sub in ("server", "client"):
+    if str(ROOT / sub) not in sys.path:
+        sys.path.insert(0, str(ROOT / sub))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from patternstore import Pattern, PatternStoreClient, update_request  # noqa: E402
+
+_SERVING = re.compile(r"grpc=[^ ]*:(\d+)")
+
+
+class _Stats:
+    """Latencies and counts of the current minute; one lock guards both."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def take(self) -> tuple[list[float], int]:
+        with self.lock:
+            out, errors = self.latencies, self.errors
+            self.latencies, self.errors = [], 0
+        return out, errors
+
+
+def _worker(target: str, n_patterns: int, stop: threading.Event, stats: _Stats, seed: int) -> None:
+    rng = random.Random(seed)
+    zipf = np.random.default_rng(seed)
+    next_id = n_patterns + seed * 10_000_000
+    with PatternStoreClient(target, timeout=30) as c:
+        while not stop.is_set():
+            op = rng.random()
+            started = time.perf_counter()
+            try:
+                if op < 0.70:
+                    c.get_pattern(f"s{min(int(zipf.zipf(1.2)) - 1, n_patterns - 1):07d}")
+                elif op < 0.80:
+                    ids = [f"s{min(int(z) - 1, n_patterns - 1):07d}" for z in zipf.zipf(1.2, 50)]
+                    c.get_patterns(ids)
+                elif op < 0.85:
+                    c.query_patterns(f"type{rng.randrange(8)}", limit=20)
+                elif op < 0.95:
+                    c.update_confidence_batch(
+                        [
+                            update_request(
+                                f"s{rng.randrange(n_patterns):07d}",
+                                rng.choice(["success", "failure", "partial"]),
+                            )
+                            for _ in range(20)
+                        ]
+                    )
+                elif op < 0.99:
+                    c.store_pattern(
+                        Pattern(
+                            id=f"n{next_id}",
+                            type=f"type{rng.randrange(8)}",
+                            data=json.dumps({"i": next_id}).encode(),
+                        )
+                    )
+                    next_id += 1
+                else:
+                    c.delete_pattern(f"n{next_id - 1}")
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    with stats.lock:
+                        stats.errors += 1
+                continue
+            with stats.lock:
+                stats.latencies.append(time.perf_counter() - started)
+
+
+def _rss_anon_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--patterns", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--interval-s", type=float, default=60.0)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="patternstore-soak-"))
+    log = (work / "server.log").open("w+b")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patternstore_server",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--data-dir",
+            str(work / "data"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        match = None
+        while match is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            match = _SERVING.search((work / "server.log").read_text(errors="replace"))
+        if match is None:
+            raise SystemExit("the server did not start")
+        target = f"127.0.0.1:{match[1]}"
+        with PatternStoreClient(target, timeout=120) as c:
+            for lo in range(0, args.patterns, 1000):
+                c.store_patterns(
+                    [
+                        Pattern(
+                            id=f"s{i:07d}", type=f"type{i % 8}", data=b'{"steps": [1, 2, 3]}' * 10
+                        )
+                        for i in range(lo, min(args.patterns, lo + 1000))
+                    ]
+                )
+        stats = _Stats()
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_worker, args=(target, args.patterns, stop, stats, n))
+            for n in range(args.threads)
+        ]
+        for t in threads:
+            t.start()
+        wal = work / "data" / "patterns.db-wal"
+        print(
+            f"{'tick':>6} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+            f"{'RssAnon MB':>10} {'WAL MB':>7}",
+            flush=True,
+        )
+        end = time.monotonic() + args.minutes * 60
+        n = 0
+        while time.monotonic() < end:
+            time.sleep(args.interval_s)
+            n += 1
+            lat, errors = stats.take()
+            arr = np.array(lat) * 1000 if lat else np.array([float("nan")])
+            wal_mb = wal.stat().st_size / 2**20 if wal.exists() else 0.0
+            print(
+                f"{n:>6} {len(lat) / args.interval_s:>8.0f} {np.percentile(arr, 50):>8.2f} "
+                f"{np.percentile(arr, 99):>8.2f} {errors:>6} "
+                f"{_rss_anon_mb(server.pid):>10.1f} {wal_mb:>7.1f}",
+                flush=True,
+            )
+        stop.set()
+        for t in threads:
+            t.join(60)
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
