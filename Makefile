@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO := proto/patternstore/v1/patternstore.proto
 
-.PHONY: run test lint typecheck proto bench-codecs chaos soak clean
+.PHONY: run test lint typecheck proto bench bench-codecs chaos soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ typecheck: $(VENV)/.test-installed
 proto: $(VENV)/.test-installed
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client \
 		--grpc_python_out=client $(PROTO)
+
+## Every README performance figure beside its baseline (needs h2load and redis-server);
+## prints the table and writes bench-results.json. BENCH_ARGS="--rss-patterns 200000" runs quicker.
+bench: $(VENV)/.test-installed
+	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
 ## Compression ratios of the codecs vs zlib-6 and raw, on a generated corpus.
 bench-codecs: $(VENV)/.test-installed

@@ -1,26 +1,50 @@
 """`make bench`: every published figure, each beside a baseline measured in the same run.
 
-Starts a fresh patternstore server on a temp database and a trivial grpc.aio server
-returning a fixed response (loadtest/baseline_server.py), loads N patterns, then drives
-both with h2load using pre-framed bodies. Successes are counted on the servers (h2load
-counts any HTTP 200, gRPC errors included). Prints a table and writes bench-results.json.
+Starts a fresh patternstore server (default settings) on a temp database, a trivial grpc.aio
+server returning fixed responses (loadtest/baseline_server.py) and, when installed, a
+local redis-server without persistence; loads N patterns and measures:
+
+1. get_unary                GetPattern on L1 hits (h2load) vs the trivial server
+2. get_batch_100            GetPatterns(100) on L1 hits, patterns/s (h2load) vs the trivial server
+3. py_client_batch_vs_redis the same from one Python process: our client vs redis-py MGET(100)
+4. durable_updates          COMMITTED outcomes/s, UpdateConfidenceBatch(1000) and RecordOutcomes
+                            (1000 per stream), the lower of the two, vs redis-py pipelined
+                            HINCRBYFLOAT (not durable)
+5. durable_stores           COMMITTED StorePatterns(100), patterns/s
+6. learning_overhead        GetPattern reads/s while outcomes stream at 10% of operations,
+                            over reads/s alone
+7. get_p99_ms               GetPattern p99 at 50% of figure 1's peak rate (h2load --rps)
+8. rss_anon_mb              the server's RssAnon after loading --rss-patterns patterns and
+                            serving the Zipf mix (pybench.py); also prints L1/L2/L3 hit ratios
+
+h2load counts any HTTP 200 as a success (gRPC errors travel in trailers), so successes are
+counted by the servers: ours from /metrics, the trivial server from its Count method.
+Prints a table and writes bench-results.json (the names above; other tools read it).
+``--quick`` is a smoke run of the harness (tiny sizes, figures meaningless, under a minute);
+what it cannot run (no h2load, no redis-server) is skipped and said so.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import platform
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 for sub in ("server", "client", "loadtest"):
@@ -28,49 +52,63 @@ for sub in ("server", "client", "loadtest"):
         sys.path.insert(0, str(ROOT / sub))
 
 import grpc  # noqa: E402
-from h2load_driver import frame, h2load_available, run_h2load  # noqa: E402
-from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient  # noqa: E402
+from h2load_driver import frame, h2load_available, latencies_us, run_h2load  # noqa: E402
+from patternstore import PatternStoreClient  # noqa: E402
 from patternstore.v1 import patternstore_pb2 as pb  # noqa: E402
+from pybench import (  # noqa: E402
+    OUTCOMES,
+    BenchConfig,
+    Zipf,
+    load_patterns,
+    make_pattern,
+    pattern_id,
+    report_lines,
+)
+from pybench import run as run_mix  # noqa: E402
+
+redis: Any
+try:
+    import redis
+except ImportError:  # the bench still runs; the redis baselines are skipped and said so
+    redis = None
+
+NAMES = (
+    "get_unary",
+    "get_batch_100",
+    "py_client_batch_vs_redis",
+    "durable_updates",
+    "durable_stores",
+    "learning_overhead",
+    "get_p99_ms",
+    "rss_anon_mb",
+)
 
 _SERVING = re.compile(r"grpc=[^ ]*:(\d+) metrics=[^ ]*:(\d+)")
 _BASELINE = re.compile(r"baseline serving port=(\d+)")
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
 class Figure:
     name: str
     unit: str
-    ours: float
+    ours: float | None
     baseline: float | None
     ratio: float | None
     goal: str
     met: bool | None
 
 
-def _payload(i: int) -> bytes:
-    # Shaped like a learning worker's recipe: ~500 bytes of JSON.
-    steps = [
-        {"tool": f"tool_{(i + k) % 17}", "args": {"path": f"src/mod_{k}.py", "line": k * 7}}
-        for k in range(5)
-    ]
-    doc = {
-        "goal": f"fix failing test {i}",
-        "conditions": ["tests fail", "lint clean"],
-        "actions": steps,
-        "success": {"tests": "pass"},
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
+@dataclass
+class Plan:
+    """Sizes and durations: the full run's, or --quick's tiny ones."""
 
-
-def _pattern(i: int) -> Pattern:
-    return Pattern(
-        id=f"pattern-{i:07d}",
-        type=f"type{i % 8}",
-        name=f"recipe {i}",
-        description="learned by worker",
-        data=_payload(i),
-        metadata={"worker": f"w{i % 16}"},
-    )
+    patterns: int
+    rss_patterns: int
+    seconds: float  # measured seconds per throughput figure
+    mix_seconds: float
+    quick: bool
 
 
 class _Proc:
@@ -94,6 +132,10 @@ class _Proc:
             time.sleep(0.05)
         raise TimeoutError(log.read_text())
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def rss_anon_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("RssAnon:"):
@@ -107,265 +149,804 @@ class _Proc:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
         self._f.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Redis:
+    """A throwaway redis-server: no RDB snapshots, no AOF (so: not durable), one port."""
+
+    def __init__(self, work: Path) -> None:
+        assert redis is not None
+        port = _free_port()
+        self._log = open(work / "redis.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(work),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(
+                        f"redis-server did not start: {work / 'redis.log'}"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self._log.close()
+
+
+class _Profiler:
+    """py-spy on the server while one figure runs (``--profile DIR``): raw collapsed stacks."""
+
+    def __init__(self, out_dir: Path | None, pid: int) -> None:
+        self.out_dir = out_dir
+        self.pid = pid
+        self.py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy"
+        )
+
+    def record(self, name: str) -> _Recording:
+        return _Recording(self, name)
+
+
+class _Recording:
+    def __init__(self, profiler: _Profiler, name: str) -> None:
+        self.profiler = profiler
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> _Recording:
+        p = self.profiler
+        if p.out_dir is None or p.py_spy is None:
+            return self
+        p.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out = p.out_dir / f"{self.name}.txt"
+        self.proc = subprocess.Popen(
+            [
+                p.py_spy,
+                "record",
+                "--threads",
+                "--nonblocking",  # do not pause the server per sample: the figure stays honest
+                "--rate",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                str(self.out),
+                "-p",
+                str(p.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # let it attach before the load starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.out.exists():
+            print(f"\nprofile {self.name}: {self.out}", file=sys.stderr)
+            for share, frame_name in top_self_frames(self.out)[:12]:
+                print(f"  {share:5.1f}%  {frame_name}", file=sys.stderr)
+
+
+def top_self_frames(raw: Path) -> list[tuple[float, str]]:
+    """Self time per frame (the leaf of each stack), in % of all samples, highest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+        total += int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return [(100.0 * c / max(total, 1), name) for name, c in ranked]
+
+
+def _scrape(metrics_port: int) -> Iterator[tuple[str, dict[str, str], float]]:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            yield m[1], dict(_LABEL.findall(m[2])), float(m[3])
+
+
 def _handled_ok(metrics_port: int, method: str) -> int:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
-    pattern = re.compile(
-        r'grpc_server_handled_total\{grpc_code="OK",grpc_method="' + method + r'"[^}]*\} ([\d.e+]+)'
-    )
-    m = pattern.search(text.decode())
-    return int(float(m[1])) if m else 0
+    total = 0.0
+    for name, labels, value in _scrape(metrics_port):
+        if (
+            name == "grpc_server_handled_total"
+            and labels.get("grpc_method") == method
+            and labels.get("grpc_code") == "OK"
+        ):
+            total += value
+    return int(total)
 
 
 def _baseline_count(port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        return int(ch.unary_unary("/bench.Baseline/Count")(b"", timeout=10))
+        count: Any = ch.unary_unary("/bench.Baseline/Count")
+        return int(count(b"", timeout=10))
 
 
-def _measure(
-    target: str,
-    method: str,
-    body: bytes,
-    count: Callable[[], int],
-    requests: int,
-    clients: int,
-    streams: int,
-) -> tuple[float, int]:
-    """Successful calls per second, counted by the server."""
-    before = count()
-    result = run_h2load(target, method, body, requests=requests, clients=clients, streams=streams)
-    ok = count() - before
-    return ok / result.seconds, ok
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
-def run(args: argparse.Namespace) -> list[Figure]:
-    work = Path(tempfile.mkdtemp(prefix="patternstore-bench-"))
-    figures: list[Figure] = []
-    server = baseline = None
-    try:
+class Bench:
+    def __init__(self, plan: Plan, profile_dir: Path | None, only: set[str]) -> None:
+        self.plan = plan
+        self.profile_dir = profile_dir
+        self.only = only
+        self.figures: list[Figure] = []
+        self.notes: list[str] = []
+        self.skipped: list[str] = []
+        self.has_h2load = h2load_available()
+        self.has_redis = redis is not None and shutil.which("redis-server") is not None
+        if not self.has_h2load:
+            self.skipped.append("h2load figures (h2load missing: apt-get install nghttp2-client)")
+        if not self.has_redis:
+            why = "redis-server" if redis is not None else "redis-py (pip install redis)"
+            self.skipped.append(f"redis baselines ({why} missing: apt-get install redis-server)")
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _wanted(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+    def _skip(self, name: str, unit: str, goal: str, why: str) -> None:
+        self.figures.append(Figure(name, unit, None, None, None, goal, None))
+        self.notes.append(f"{name}: skipped ({why})")
+
+    def _add(
+        self,
+        name: str,
+        unit: str,
+        ours: float,
+        baseline: float | None,
+        goal: str,
+        met: Callable[[float | None, float], bool | None],
+    ) -> None:
+        ratio = ours / baseline if baseline else None
+        self.figures.append(
+            Figure(
+                name,
+                unit,
+                round(ours, 3),
+                None if baseline is None else round(baseline, 3),
+                None if ratio is None else round(ratio, 3),
+                goal,
+                met(ratio, ours),
+            )
+        )
+
+    def _throughput(
+        self,
+        target: str,
+        method: str,
+        body: bytes,
+        count: Callable[[], int],
+        *,
+        clients: int,
+        streams: int,
+    ) -> float:
+        """Successful calls/s, counted by the server, over about plan.seconds.
+
+        A short pilot run (also the warm-up) sizes the measured run, so every figure
+        lasts about as long whatever its speed.
+        """
+        pilot_n = max(clients * streams * 2, 50 if self.plan.quick else 200)
+        pilot = run_h2load(target, method, body, requests=pilot_n, clients=clients, streams=streams)
+        rate = pilot.requests_done / max(pilot.seconds, 1e-3)
+        n = max(pilot_n, int(rate * self.plan.seconds))
+        before = count()
+        result = run_h2load(target, method, body, requests=n, clients=clients, streams=streams)
+        ok = count() - before
+        if ok < result.requests_done:
+            self.notes.append(
+                f"{method}: {result.requests_done - ok} of {result.requests_done} calls "
+                "were not OK on the server"
+            )
+        return ok / result.seconds
+
+    def _latency(self, target: str, body: bytes, rate: float, log: Path) -> tuple[float, float]:
+        """p50 and p99 (ms) of GetPattern at ``rate`` calls/s (h2load --rps per client)."""
+        clients = 4
+        warm = 0.5 if self.plan.quick else 1.0
+        run_h2load(
+            target,
+            "GetPattern",
+            body,
+            duration=self.plan.seconds + warm,
+            rps=rate / clients,
+            log_file=log,
+            clients=clients,
+            streams=8,
+        )
+        lat = sorted(latencies_us(log, skip_s=warm))
+        if not lat:
+            raise RuntimeError("h2load logged no successful request")
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+
+        return pct(0.50), pct(0.99)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self, work: Path) -> None:
+        plan = self.plan
         server = _Proc(
             [
                 sys.executable,
                 "-m",
                 "patternstore_server",
+                # Default settings otherwise: the memory goal is "with default settings".
                 "--listen",
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
                 "--data-dir",
                 str(work / "data"),
-                "--l1-max-entries",
-                str(max(args.patterns, 1000)),
             ],
             _SERVING,
             work / "server.log",
         )
-        port, mport = int(server.match[1]), int(server.match[2])
-        target = f"127.0.0.1:{port}"
-        n = args.patterns
-        print(f"loading {n} patterns ...", file=sys.stderr)
-        started = time.perf_counter()
-        with PatternStoreClient(target, timeout=120) as c:
-            for lo in range(0, n, 1000):
-                c.store_patterns(
-                    [_pattern(i) for i in range(lo, min(n, lo + 1000))],
-                    durability=DURABILITY_QUEUED,
+        baseline: _Proc | None = None
+        store: _Redis | None = None
+        try:
+            port, mport = int(server.match[1]), int(server.match[2])
+            target = f"127.0.0.1:{port}"
+            profiler = _Profiler(self.profile_dir, server.pid)
+            n = plan.patterns
+            print(f"loading {n:,} patterns ...", file=sys.stderr)
+            rate = load_patterns(target, 0, n)
+            self.notes.append(f"load: {n:,} patterns at {rate:,.0f}/s (StorePatterns(1000) QUEUED)")
+            hot = [pattern_id(i) for i in range(100)]
+            with PatternStoreClient(target, timeout=60) as c:
+                c.get_patterns(hot)  # the read figures are on L1 hits: make them hits
+                one = c.get_pattern(hot[0]).SerializeToString()
+                hundred_msg = c.get_patterns(hot)
+                hundred = hundred_msg.SerializeToString()
+                blobs = [p.SerializeToString() for p in hundred_msg.patterns]
+
+            def ours(method: str) -> Callable[[], int]:
+                return lambda: _handled_ok(mport, method)
+
+            if self.has_redis:
+                store = _Redis(work)
+            if self.has_h2load:
+                baseline = _Proc(
+                    [
+                        sys.executable,
+                        str(ROOT / "loadtest/baseline_server.py"),
+                        "--response",
+                        f"GetPattern={_write(work / 'one.bin', one)}",
+                        "--response",
+                        f"GetPatterns={_write(work / 'hundred.bin', hundred)}",
+                    ],
+                    _BASELINE,
+                    work / "baseline.log",
                 )
-            c.flush()
-            load_s = time.perf_counter() - started
-            print(
-                f"loaded in {load_s:.1f} s ({n / load_s:,.0f} patterns/s, QUEUED + Flush)",
-                file=sys.stderr,
-            )
-            hot = [f"pattern-{i:07d}" for i in range(100)]
-            c.get_patterns(hot)  # fill L1 with the ids the read figures use
-            one = c.get_pattern(hot[0]).SerializeToString()
-            hundred = c.get_patterns(hot).SerializeToString()
+            bport = int(baseline.match[1]) if baseline else 0
 
-        def ours(method: str) -> Callable[[], int]:
-            return lambda: _handled_ok(mport, method)
+            def base() -> int:
+                return _baseline_count(bport)
 
-        scale = 1 if not args.quick else 0.05
-        reqs = max(200, int(args.requests * scale))
+            get_one = frame(pb.GetPatternRequest(id=hot[0]))
+            peak = 0.0
 
-        # 1. GetPattern unary on L1 hits.
-        body = frame(pb.GetPatternRequest(id=hot[0]))
-        baseline = _Proc(
-            [
-                sys.executable,
-                str(ROOT / "loadtest/baseline_server.py"),
-                _write(work / "one.bin", one),
-            ],
-            _BASELINE,
-            work / "baseline1.log",
-        )
-        bport = int(baseline.match[1])
-        btarget = f"127.0.0.1:{bport}"
-        our_rps, _ = _measure(target, "GetPattern", body, ours("GetPattern"), reqs, 4, 32)
-        base_rps, _ = _measure(
-            btarget, "GetPattern", body, lambda: _baseline_count(bport), reqs, 4, 32
-        )
-        baseline.stop()
-        figures.append(
-            _figure(
-                "get_unary", "calls/s", our_rps, base_rps, "ratio >= 0.9", lambda r, o: r >= 0.9
-            )
-        )
+            # 1. GetPattern unary on L1 hits.
+            goal = "ratio >= 0.9"
+            if self._wanted("get_unary") or self._wanted("get_p99_ms"):
+                if not self.has_h2load:
+                    self._skip("get_unary", "calls/s", goal, "h2load missing")
+                else:
+                    assert baseline is not None
+                    with profiler.record("get_unary"):
+                        peak = self._throughput(
+                            target, "GetPattern", get_one, ours("GetPattern"), clients=4, streams=32
+                        )
+                    base_rps = self._throughput(
+                        f"127.0.0.1:{bport}", "GetPattern", get_one, base, clients=4, streams=32
+                    )
+                    if self._wanted("get_unary"):
+                        self._add(
+                            "get_unary",
+                            "calls/s",
+                            peak,
+                            base_rps,
+                            goal,
+                            lambda r, o: r is not None and r >= 0.9,
+                        )
 
-        # 2. GetPatterns(100) on L1 hits, in patterns/s.
-        body = frame(pb.GetPatternsRequest(ids=hot))
-        baseline = _Proc(
-            [
-                sys.executable,
-                str(ROOT / "loadtest/baseline_server.py"),
-                _write(work / "hundred.bin", hundred),
-            ],
-            _BASELINE,
-            work / "baseline100.log",
-        )
-        bport = int(baseline.match[1])
-        btarget = f"127.0.0.1:{bport}"
-        batch_reqs = max(100, reqs // 5)
-        our_rps, _ = _measure(target, "GetPatterns", body, ours("GetPatterns"), batch_reqs, 4, 8)
-        base_rps, _ = _measure(
-            btarget, "GetPatterns", body, lambda: _baseline_count(bport), batch_reqs, 4, 8
-        )
-        baseline.stop()
-        baseline = None
-        figures.append(
-            _figure(
-                "get_batch_100",
-                "patterns/s",
-                our_rps * 100,
-                base_rps * 100,
-                ">= 250000/s and ratio >= 0.9",
-                lambda r, o: r >= 0.9 and o >= 250_000,
-            )
-        )
+            # 2. GetPatterns(100) on L1 hits, patterns/s.
+            goal = ">= 250000/s and ratio >= 0.9"
+            if self._wanted("get_batch_100"):
+                if not self.has_h2load:
+                    self._skip("get_batch_100", "patterns/s", goal, "h2load missing")
+                else:
+                    body = frame(pb.GetPatternsRequest(ids=hot))
+                    with profiler.record("get_batch_100"):
+                        our_rps = self._throughput(
+                            target, "GetPatterns", body, ours("GetPatterns"), clients=4, streams=8
+                        )
+                    base_rps = self._throughput(
+                        f"127.0.0.1:{bport}", "GetPatterns", body, base, clients=4, streams=8
+                    )
+                    self._add(
+                        "get_batch_100",
+                        "patterns/s",
+                        our_rps * 100,
+                        base_rps * 100,
+                        goal,
+                        lambda r, o: r is not None and r >= 0.9 and o >= 250_000,
+                    )
 
-        # 4. Durable confidence updates: 1000 COMMITTED outcomes per call.
-        updates = pb.UpdateConfidenceBatchRequest(
-            updates=[
-                pb.UpdateConfidenceRequest(id=f"pattern-{i % n:07d}", outcome=1 + i % 3)
-                for i in range(1000)
-            ]
-        )
-        body = frame(updates)
-        upd_reqs = max(20, reqs // 100)
-        our_rps, _ = _measure(
-            target, "UpdateConfidenceBatch", body, ours("UpdateConfidenceBatch"), upd_reqs, 2, 2
-        )
-        figures.append(
-            _figure(
-                "durable_updates",
-                "updates/s",
-                our_rps * 1000,
-                None,
-                ">= 100000/s",
-                lambda r, o: o >= 100_000,
-            )
-        )
+            # 3. The same from one Python process: our client vs redis-py MGET.
+            if self._wanted("py_client_batch_vs_redis"):
+                with profiler.record("py_client_batch_vs_redis"):
+                    our_pps = _py_get_batch(target, hot, plan.seconds)
+                redis_pps = None
+                if store is not None:
+                    keys = [f"blob:{i}" for i in range(len(blobs))]
+                    store.client.mset(dict(zip(keys, blobs, strict=True)))
+                    redis_pps = _redis_mget(store.client, keys, plan.seconds)
+                self._add(
+                    "py_client_batch_vs_redis",
+                    "patterns/s",
+                    our_pps,
+                    redis_pps,
+                    "ratio >= 1.0",
+                    lambda r, o: None if r is None else r >= 1.0,
+                )
 
-        # 5. Durable StorePatterns(100).
-        stores = pb.StorePatternsRequest(
-            requests=[pb.StorePatternRequest(pattern=_pattern(n + i)) for i in range(100)]
-        )
-        body = frame(stores)
-        our_rps, _ = _measure(
-            target, "StorePatterns", body, ours("StorePatterns"), max(20, reqs // 20), 2, 2
-        )
-        figures.append(
-            _figure(
-                "durable_stores",
-                "patterns/s",
-                our_rps * 100,
-                None,
-                ">= 100000/s",
-                lambda r, o: o >= 100_000,
-            )
-        )
-        figures.append(
-            _figure(
-                "rss_anon_mb",
-                "MB",
-                server.rss_anon_mb(),
-                None,
-                f"<= 100 MB ({n} patterns)",
-                lambda r, o: o <= 100,
-            )
-        )
-    finally:
-        if baseline is not None:
-            baseline.stop()
-        if server is not None:
+            # 7. Latency at half of figure 1's peak (while the baseline server is up).
+            goal = "p99 <= 2 ms at 50% of peak"
+            if self._wanted("get_p99_ms"):
+                if not self.has_h2load or peak <= 0:
+                    self._skip("get_p99_ms", "ms", goal, "h2load missing")
+                else:
+                    with profiler.record("get_p99_ms"):
+                        p50, p99 = self._latency(target, get_one, peak / 2, work / "lat.log")
+                    bp50, bp99 = self._latency(
+                        f"127.0.0.1:{bport}", get_one, peak / 2, work / "blat.log"
+                    )
+                    self.notes.append(
+                        f"get_p99_ms: at {peak / 2:,.0f} calls/s: ours p50 {p50:.2f} ms "
+                        f"p99 {p99:.2f} ms; trivial server p50 {bp50:.2f} ms p99 {bp99:.2f} ms"
+                    )
+                    self._add("get_p99_ms", "ms", p99, bp99, goal, lambda r, o: o <= 2.0)
+            if baseline is not None:
+                baseline.stop()
+                baseline = None
+
+            # 4. Durable confidence updates.
+            zipf = Zipf(n, 1.0, seed=7)
+            goal = ">= 100000/s and ratio >= 3"
+            if self._wanted("durable_updates"):
+                if not self.has_h2load:
+                    self._skip("durable_updates", "updates/s", goal, "h2load missing")
+                else:
+                    updates = [
+                        pb.UpdateConfidenceRequest(id=pattern_id(r), outcome=OUTCOMES[k % 3])
+                        for k, r in enumerate(zipf.sample(1000))
+                    ]
+                    batch_body = frame(pb.UpdateConfidenceBatchRequest(updates=updates))
+                    with profiler.record("durable_updates_batch"):
+                        batch = 1000 * self._throughput(
+                            target,
+                            "UpdateConfidenceBatch",
+                            batch_body,
+                            ours("UpdateConfidenceBatch"),
+                            clients=2,
+                            streams=2,
+                        )
+                    # One h2load request = one RecordOutcomes stream of 1000 framed outcomes.
+                    stream_body = frame(*updates)
+                    with profiler.record("durable_updates_stream"):
+                        stream = 1000 * self._throughput(
+                            target,
+                            "RecordOutcomes",
+                            stream_body,
+                            ours("RecordOutcomes"),
+                            clients=2,
+                            streams=2,
+                        )
+                    redis_ups = None
+                    if store is not None:
+                        redis_ups = _redis_hincr(store.client, zipf, plan.seconds)
+                    self.notes.append(
+                        f"durable_updates: UpdateConfidenceBatch(1000) {batch:,.0f}/s, "
+                        f"RecordOutcomes(1000 per stream) {stream:,.0f}/s; the figure is the "
+                        "lower; redis: pipelines of 1000 HINCRBYFLOAT, one process"
+                    )
+                    self._add(
+                        "durable_updates",
+                        "updates/s",
+                        min(batch, stream),
+                        redis_ups,
+                        goal,
+                        lambda r, o: None if r is None else (o >= 100_000 and r >= 3.0),
+                    )
+
+            # 5. Durable StorePatterns(100).
+            goal = ">= 100000/s"
+            if self._wanted("durable_stores"):
+                if not self.has_h2load:
+                    self._skip("durable_stores", "patterns/s", goal, "h2load missing")
+                else:
+                    stores = pb.StorePatternsRequest(
+                        requests=[
+                            pb.StorePatternRequest(pattern=make_pattern(n + i)) for i in range(100)
+                        ]
+                    )
+                    with profiler.record("durable_stores"):
+                        rps = self._throughput(
+                            target,
+                            "StorePatterns",
+                            frame(stores),
+                            ours("StorePatterns"),
+                            clients=2,
+                            streams=2,
+                        )
+                    self.notes.append(
+                        "durable_stores: the same 100 patterns re-stored (upserts) per call"
+                    )
+                    self._add(
+                        "durable_stores", "patterns/s", rps * 100, None, goal, lambda r, o: o >= 1e5
+                    )
+
+            # 6. Learning overhead: reads/s with outcomes at 10% of operations / reads alone.
+            goal = "ratio >= 0.93"
+            if self._wanted("learning_overhead"):
+                if not self.has_h2load:
+                    self._skip("learning_overhead", "reads/s", goal, "h2load missing")
+                else:
+                    alone = self._throughput(
+                        target, "GetPattern", get_one, ours("GetPattern"), clients=4, streams=32
+                    )
+                    # Outcomes at a ninth of the read rate are >= 10% of all operations.
+                    streamer = _OutcomeStreamer(target, zipf, alone / 9)
+                    streamer.start()
+                    try:
+                        with profiler.record("learning_overhead"):
+                            sent0 = streamer.sent
+                            t0 = time.perf_counter()
+                            mixed = self._throughput(
+                                target,
+                                "GetPattern",
+                                get_one,
+                                ours("GetPattern"),
+                                clients=4,
+                                streams=32,
+                            )
+                            outcome_rate = (streamer.sent - sent0) / (time.perf_counter() - t0)
+                    finally:
+                        streamer.stop()
+                    share = outcome_rate / (outcome_rate + mixed) if mixed else 0.0
+                    self.notes.append(
+                        f"learning_overhead: reads alone {alone:,.0f}/s; with RecordOutcomes "
+                        f"at {outcome_rate:,.0f}/s ({share:.0%} of operations) {mixed:,.0f}/s"
+                        + (f"; streamer errors: {streamer.errors}" if streamer.errors else "")
+                    )
+                    self._add(
+                        "learning_overhead",
+                        "reads/s",
+                        mixed,
+                        alone,
+                        goal,
+                        lambda r, o: r is not None and r >= 0.93,
+                    )
+
+            # 8. Memory after loading rss_patterns patterns and serving the Zipf mix.
+            goal = f"<= 100 MB (default settings, {plan.rss_patterns:,} patterns)"
+            if self._wanted("rss_anon_mb"):
+                total = max(plan.rss_patterns, n)
+                if total > n:
+                    print(f"loading {total - n:,} more patterns ...", file=sys.stderr)
+                    rate = load_patterns(target, n, total)
+                    self.notes.append(f"rss_anon_mb: loaded up to {total:,} at {rate:,.0f}/s")
+                with PatternStoreClient(target, timeout=60) as c:
+                    before = {t.tier: t for t in c.get_stats().caches}
+                mix = BenchConfig(
+                    target=target,
+                    patterns=total,
+                    processes=1,
+                    concurrency=16,
+                    duration=plan.mix_seconds,
+                    warmup=0.5 if plan.quick else 3.0,
+                )
+                with profiler.record("mix"):
+                    report = run_mix(mix)
+                with PatternStoreClient(target, timeout=60) as c:
+                    after = {t.tier: t for t in c.get_stats().caches}
+                ratios = []
+                for tier, a in after.items():
+                    b = before.get(tier)
+                    hits = a.hits - (b.hits if b else 0)
+                    misses = a.misses - (b.misses if b else 0)
+                    if hits + misses:
+                        ratios.append(f"{tier} {hits / (hits + misses):.1%} of {hits + misses:,}")
+                t = report["total"]
+                self.notes.append(
+                    f"mix ({mix.mix}, Zipf s=1 over {total:,} ids, 1 client process): "
+                    f"{t['throughput']:,.0f} ops/s, p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
+                    f"errors {t['errors']}; cache hit ratios: {', '.join(ratios) or '-'}"
+                )
+                self.notes.extend(f"    {line}" for line in report_lines(report))
+                # What the caches hold explains most of RssAnon: say it beside the figure.
+                held = ", ".join(
+                    f"{a.tier} {a.entries:,} entries {a.bytes / 2**20:,.1f} MiB"
+                    for a in after.values()
+                )
+                self.notes.append(f"rss_anon_mb: caches after the mix hold {held}")
+                self._add(
+                    "rss_anon_mb", "MB", server.rss_anon_mb(), None, goal, lambda r, o: o <= 100
+                )
+        finally:
+            if baseline is not None:
+                baseline.stop()
+            if store is not None:
+                store.stop()
             server.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    return figures
 
 
-def _write(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    return str(path)
+def _py_get_batch(target: str, ids: list[str], seconds: float) -> float:
+    """Patterns/s from GetPatterns(ids) calls in a loop, one at a time, with our client."""
+    with PatternStoreClient(target, timeout=30) as c:
+        c.get_patterns(ids)
+        got = 0
+        t0 = time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            got += len(c.get_patterns(ids).patterns)
+    return got / elapsed
 
 
-def _figure(
-    name: str,
-    unit: str,
-    ours: float,
-    baseline: float | None,
-    goal: str,
-    met: Callable[[float, float], bool],
-) -> Figure:
-    ratio = ours / baseline if baseline else None
-    return Figure(
-        name,
-        unit,
-        round(ours, 1),
-        None if baseline is None else round(baseline, 1),
-        None if ratio is None else round(ratio, 3),
-        goal,
-        met(ratio if ratio is not None else 0.0, ours),
+def _redis_mget(client: Any, keys: list[str], seconds: float) -> float:
+    client.mget(keys)
+    got = 0
+    t0 = time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        got += sum(1 for v in client.mget(keys) if v is not None)
+    return got / elapsed
+
+
+def _redis_hincr(client: Any, zipf: Zipf, seconds: float) -> float:
+    """HINCRBYFLOAT/s in pipelines of 1000 (no MULTI), the shape of a confidence update."""
+    done = 0
+    keys = zipf.ids(1000)
+    t0 = time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.hincrbyfloat(k, "alpha", 1.0)
+        done += len(pipe.execute())
+    return done / elapsed
+
+
+class _OutcomeStreamer:
+    """RecordOutcomes streams at a steady rate from a background thread (figure 6)."""
+
+    def __init__(self, target: str, zipf: Zipf, rate: float) -> None:
+        self.target = target
+        self.zipf = zipf
+        self.rate = max(rate, 1.0)
+        self.sent = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _paced(self, seconds: float) -> Iterator[pb.UpdateConfidenceRequest]:
+        # Emit what is due every ~2 ms: a steady trickle, as workers report, not bursts.
+        t0 = time.perf_counter()
+        emitted = 0
+        ids: Iterator[int] = iter(())
+        while not self._stop.is_set():
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return
+            due = int(elapsed * self.rate) - emitted
+            for _ in range(due):
+                r = next(ids, None)
+                if r is None:
+                    ids = iter(self.zipf.sample(4096))
+                    r = next(ids)
+                yield pb.UpdateConfidenceRequest(id=pattern_id(r), outcome=OUTCOMES[r % 3])
+                emitted += 1
+                self.sent += 1
+            time.sleep(0.002)
+
+    def _run(self) -> None:
+        with PatternStoreClient(self.target, timeout=60) as c:
+            while not self._stop.is_set():
+                try:
+                    c.record_outcomes(self._paced(1.0))
+                except grpc.RpcError as exc:
+                    self.errors.append(exc.code().name)
+                    time.sleep(0.1)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    python = platform.python_version()
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {python}"
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def format_table(figures: list[Figure], markdown: bool = False) -> str:
+    rows = [("figure", "ours", "baseline", "ratio", "goal", "met?", "unit")]
+    for f in figures:
+        rows.append(
+            (
+                f.name,
+                "skipped" if f.ours is None else _num(f.ours),
+                "-" if f.baseline is None else _num(f.baseline),
+                "-" if f.ratio is None else f"{f.ratio:.2f}",
+                f.goal,
+                "-" if f.met is None else ("yes" if f.met else "no"),
+                f.unit,
+            )
+        )
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        lines.insert(1, "| --- | ---: | ---: | ---: | --- | --- | --- |")
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {1, 2, 3}
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
     )
 
 
-def _print(figures: list[Figure]) -> None:
-    print(f"{'figure':<18} {'ours':>14} {'baseline':>14} {'ratio':>7}  {'goal':<30} met")
-    for f in figures:
-        base = f"{f.baseline:,.0f}" if f.baseline is not None else "-"
-        ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
-        print(
-            f"{f.name:<18} {f.ours:>14,.1f} {base:>14} {ratio:>7}  {f.goal:<30} "
-            f"{'yes' if f.met else 'no'}   [{f.unit}]"
-        )
+def _num(x: float) -> str:
+    return f"{x:,.2f}" if abs(x) < 100 else f"{x:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--patterns", type=int, default=100_000)
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=40_000,
-        help="h2load calls for the unary figure (others scale from it)",
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--patterns", type=int, default=100_000, help="patterns loaded first")
+    parser.add_argument(
+        "--rss-patterns",
+        type=int,
+        default=1_000_000,
+        help="patterns loaded (in all) before the memory figure (the issue's figure: 1,000,000)",
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per figure")
+    parser.add_argument("--mix-seconds", type=float, default=20.0, help="Zipf mix before RssAnon")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run of the harness (tiny sizes; figures meaningless)",
+        help="a smoke run of the harness (< 60 s; tiny sizes, figures meaningless)",
     )
-    parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated figures to run (of: {', '.join(NAMES)})"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the server per figure into DIR (raw stacks)"
+    )
+    parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results JSON (default: bench-results.json at the repository root; "
+        "--quick writes only when this is given)",
+    )
     args = parser.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if unknown := only - set(NAMES):
+        parser.error(f"--only: unknown figures {sorted(unknown)}")
     if args.quick:
-        args.patterns = min(args.patterns, 2000)
-    if not h2load_available():
-        print("h2load not found: apt-get install nghttp2-client", file=sys.stderr)
-        return 2
-    figures = run(args)
-    _print(figures)
-    if not args.quick:
-        Path(args.out).write_text(json.dumps([asdict(f) for f in figures], indent=2) + "\n")
+        plan = Plan(
+            patterns=min(args.patterns, 2000),
+            rss_patterns=min(args.rss_patterns, 4000),
+            seconds=min(args.seconds, 1.0),
+            mix_seconds=min(args.mix_seconds, 2.0),
+            quick=True,
+        )
+    else:
+        plan = Plan(args.patterns, args.rss_patterns, args.seconds, args.mix_seconds, False)
+
+    started = time.perf_counter()
+    load_before = _load()
+    bench = Bench(plan, args.profile, only)
+    for what in bench.skipped:
+        print(f"skipping: {what}", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="patternstore-bench-"))
+    try:
+        bench.run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    figures = sorted(bench.figures, key=lambda f: NAMES.index(f.name))
+
+    print()
+    print(f"patternstore bench, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"machine: {_machine()}")
+    print(
+        f"load average (1/5/15 min): {load_before} before, {_load()} after; "
+        f"{plan.patterns:,} patterns; took {time.perf_counter() - started:.0f} s"
+        + ("; --quick: figures meaningless" if plan.quick else "")
+    )
+    print()
+    print(format_table(figures))
+    print()
+    for note in bench.notes:
+        print(f"- {note}")
+    for what in bench.skipped:
+        print(f"- skipped: {what}")
+    if args.markdown:
+        print()
+        print(format_table(figures, markdown=True))
+
+    out = args.out if args.out else (None if plan.quick else ROOT / "bench-results.json")
+    if out is not None:
+        out.write_text(json.dumps([asdict(f) for f in figures], indent=2) + "\n")
+        print(f"\nwrote {out}")
     return 0
 
 

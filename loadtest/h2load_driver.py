@@ -17,7 +17,14 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-__all__ = ["H2loadResult", "frame", "h2load_available", "run_h2load"]
+__all__ = [
+    "H2loadResult",
+    "frame",
+    "h2load_available",
+    "latencies_us",
+    "run_h2load",
+    "write_body",
+]
 
 _FINISHED = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
 _REQUESTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded")
@@ -48,20 +55,41 @@ def run_h2load(
     method: str,
     body: bytes,
     *,
-    requests: int,
+    requests: int = 0,
+    duration: float = 0.0,
+    warmup: float = 0.0,
+    rps: float = 0.0,
+    log_file: Path | None = None,
     clients: int = 4,
     streams: int = 16,
     threads: int = 1,
 ) -> H2loadResult:
-    """POST ``body`` to /patternstore.v1.PatternStore/``method`` ``requests`` times."""
+    """POST ``body`` to /patternstore.v1.PatternStore/``method``.
+
+    Either ``requests`` calls, or for ``duration`` seconds (after ``warmup``, not counted
+    by h2load). ``rps`` caps each client's request rate (an open-ish load for latency
+    figures); ``log_file`` gets h2load's per-request log (see ``latencies_us``).
+    """
+    if (requests > 0) == (duration > 0):
+        raise ValueError("give requests or duration, not both")
     path = method if method.startswith("/") else f"/patternstore.v1.PatternStore/{method}"
     with tempfile.NamedTemporaryFile(suffix=".grpc") as f:
         f.write(body)
         f.flush()
+        if requests:
+            amount = ["-n", str(requests)]
+        else:
+            amount = ["-D", f"{round(duration * 1000)}ms"]
+            if warmup > 0:
+                amount += ["--warm-up-time", f"{round(warmup * 1000)}ms"]
+        if rps > 0:
+            # h2load takes a whole number per client; below 1 it would not send at all.
+            amount.append(f"--rps={max(1, round(rps))}")
+        if log_file is not None:
+            amount.append(f"--log-file={log_file}")
         cmd = [
             "h2load",
-            "-n",
-            str(requests),
+            *amount,
             "-c",
             str(clients),
             "-m",
@@ -76,13 +104,32 @@ def run_h2load(
             "te: trailers",
             f"http://{target}{path}",
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=600 + duration + warmup
+        ).stdout
     finished = _FINISHED.search(out)
     counts = _REQUESTS.search(out)
     if not finished or not counts:
         raise RuntimeError(f"cannot read h2load's output:\n{out}")
     seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
     return H2loadResult(seconds, int(counts[3]), int(counts[4]), out)
+
+
+def latencies_us(log_file: Path, skip_s: float = 0.0) -> list[int]:
+    """Latencies (microseconds) of the HTTP 200 responses in an h2load ``--log-file``.
+
+    Columns: start time (us since the epoch), status, us until the response ended.
+    Requests that started within ``skip_s`` of the first one are dropped (a warm-up).
+    """
+    rows: list[tuple[int, int]] = []
+    for line in log_file.read_text().splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 3 and cols[1] == "200":
+            rows.append((int(cols[0]), int(cols[2])))
+    if not rows:
+        return []
+    first = min(start for start, _ in rows)
+    return [lat for start, lat in rows if start - first >= skip_s * 1e6]
 
 
 def write_body(path: Path, *messages: Message) -> Path:
