@@ -75,6 +75,7 @@ _NAMES = {
 }
 _MAX_FUTURE_NS = 300 * 1_000_000_000
 _TYPE_AT = q.PATTERN_FIELDS.index("type")
+_RECENT_STATES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,10 @@ class Engine:
         self._pending_ops = 0
         self._pending_patterns = 0
         self._pending_updates = 0
+        # Recently committed states (decoded), newest last: an outcome on a hot pattern
+        # finds its state here instead of re-reading and decoding the row (the profile
+        # of UpdateConfidenceBatch showed 8-10% in that re-read). Taken out on use.
+        self._recent: OrderedDict[str, pb.Pattern] = OrderedDict()
         # (sequence, future) in sequence order: resolved once that sequence is durable.
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
@@ -241,8 +246,7 @@ class Engine:
 
     def get_many_serialized(self, ids: Sequence[str]) -> list[bytes | None]:
         """Like get_serialized for each id, with one SQLite statement for all misses."""
-        tiers_get = self._tiers.get
-        found = [tiers_get(pid) for pid in ids]
+        found = self._tiers.get_many(ids)
         if self._expiring or self._track_reads:
             self._filter_expired_and_touch(ids, found)
         if None not in found:
@@ -282,6 +286,9 @@ class Engine:
             # Only the acceptor holds pending messages (queued ops carry row snapshots),
             # so the newest state can be modified in place.
             return pending[1]
+        recent = self._recent.pop(pid, None)
+        if recent is not None:
+            return recent
         data = self._tiers.get(pid)
         if data is not None:
             return pb.Pattern.FromString(data)
@@ -637,6 +644,8 @@ class Engine:
                 pending = self._pending.get(pid)
                 if pending is not None and pending[0] == op.sequence:
                     del self._pending[pid]
+                    if pending[1] is not None and error is None:
+                        self._keep_recent(pid, pending[1])
         if touched:
             # Again at commit: a BOUNDED reply computed from SQLite between the accept and
             # the commit of a store must not outlive the commit.
@@ -654,11 +663,19 @@ class Engine:
             if not fut.done():
                 fut.set_result(None)
 
+    def _keep_recent(self, pid: str, state: pb.Pattern) -> None:
+        recent = self._recent
+        recent[pid] = state
+        recent.move_to_end(pid)
+        if len(recent) > _RECENT_STATES:
+            recent.popitem(last=False)
+
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
             # Pending states were never written: forget them and what was cached from them.
             self._pending.clear()
+            self._recent.clear()
             self._tiers.clear()
             self.l3.clear()
             if self.on_failure is not None:
@@ -741,10 +758,11 @@ class Engine:
         if state.embedding:
             vector = np.asarray(state.embedding, dtype=np.float32)
             self.vectors.upsert(state.id, vector, state.type, state.confidence)
-        else:
+        elif state.id in self.vectors:
             self.vectors.remove(state.id)
 
     def _forget(self, pid: str) -> None:
+        self._recent.pop(pid, None)
         self._expiring.pop(pid, None)
         self.posteriors.remove(pid)
         self.vectors.remove(pid)

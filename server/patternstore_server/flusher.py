@@ -277,7 +277,12 @@ class GroupCommitter:
 
         def flush_run() -> None:
             if run:
-                conn.executemany(_SQL[run_kind], run)  # type: ignore[index]
+                rows = run
+                if run_kind is Learn:
+                    # Learned rows are absolute images: within one run only the last per
+                    # pattern matters (a hot pattern's 50 outcomes cost one UPDATE).
+                    rows = list({row[-1]: row for row in run}.values())
+                conn.executemany(_SQL[run_kind], rows)  # type: ignore[index]
                 run.clear()
 
         for group in batch:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Final, TypeVar, overload
 
 __all__ = ["Cache", "EvictHook", "SizeOf"]
@@ -122,6 +122,26 @@ class Cache(MutableMapping[str, bytes]):
         if len(reads) >= _READ_BUFFER_SIZE:
             self._drain_reads()
         return value
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """``get`` for each key (None for a miss), counting hits and misses in bulk.
+
+        A GetPatterns(100) on L1 hits was 0.7 us per id through ``get``; one list
+        comprehension and one buffer extend bring the caller's share down to a dict
+        lookup per id (the policy's bookkeeping is unchanged, applied from the buffer).
+        """
+        lookup = self._data.get
+        found = [lookup(key) for key in keys]
+        missed = found.count(None)
+        self.misses += missed
+        reads = self._reads
+        if missed:
+            reads.extend([key for key, value in zip(keys, found, strict=True) if value is not None])
+        else:
+            reads.extend(keys)
+        if len(reads) >= _READ_BUFFER_SIZE:
+            self._drain_reads()
+        return found
 
     def __contains__(self, key: object) -> bool:
         # A membership test is not an access: no counters, no reordering.

@@ -7,6 +7,8 @@ tiers before its reply is sent. Not thread-safe: used from the event loop thread
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .base import Cache
 from .l2 import CompressedCache
 
@@ -22,6 +24,22 @@ class PatternTiers:
         data = self.l1.get(key)
         if data is not None or self.l2 is None:
             return data
+        data = self.l2.get(key)
+        if data is not None:
+            self._offer_l1(key, data)
+        return data
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found = self.l1.get_many(keys)
+        if self.l2 is not None and None in found:
+            for i, key in enumerate(keys):
+                if found[i] is None:
+                    found[i] = self.get_l2(key)
+        return found
+
+    def get_l2(self, key: str) -> bytes | None:
+        """L2 only (after an L1 miss), promoting a hit to L1."""
+        assert self.l2 is not None
         data = self.l2.get(key)
         if data is not None:
             self._offer_l1(key, data)

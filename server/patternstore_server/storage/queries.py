@@ -32,7 +32,8 @@ COLUMNS = (
 )
 
 # Every read of whole patterns: the payload lives in blobs (storage/blobs.py).
-FROM_PATTERNS = "FROM patterns JOIN blobs ON blobs.key = patterns.data_key"
+# CROSS JOIN fixes the loop order: walk patterns (by the chosen index), look blobs up.
+FROM_PATTERNS = "FROM patterns CROSS JOIN blobs ON blobs.key = patterns.data_key"
 
 SELECT_PATTERN = f"SELECT {COLUMNS} {FROM_PATTERNS} WHERE id = ?"
 
@@ -123,8 +124,15 @@ ORDER_COLUMNS = {
 
 
 def _build_query(column: str, typed: bool, after: bool) -> str:
+    # The unary + keeps SQLite from picking an index for a filter column: it must walk
+    # the index of the ordering column (or sort every match of a type in a temp B-tree:
+    # 3-7 s at 1M patterns, found by profiling the bench's query mix).
+    confidence = "confidence" if column == "confidence" else "+confidence"
     # Expired patterns are invisible from their expiry on, deleted later by the pruner.
-    where = ["confidence >= :min_confidence", "(expires_ns = 0 OR expires_ns > :now)"]
+    where = [
+        f"{confidence} >= :min_confidence",
+        "(+expires_ns = 0 OR +expires_ns > :now)",
+    ]
     if typed:
         where.append("type = :type")
     if after:

@@ -1,0 +1,41 @@
+"""Every QueryPatterns statement walks an index in order: no sort of all matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from patternstore_server.storage import ConnectionOptions, ConnectionPool
+from patternstore_server.storage import queries as q
+
+VARIANTS = [
+    (order, typed, after)
+    for order in q.ORDER_COLUMNS
+    for typed in (False, True)
+    for after in (False, True)
+]
+
+
+@pytest.mark.parametrize(("order", "typed", "after"), VARIANTS)
+def test_query_plan_uses_the_ordering_index(
+    tmp_path: Path, order: str, typed: bool, after: bool
+) -> None:
+    pool = ConnectionPool(tmp_path / "p.db", ConnectionOptions())
+    conn = pool.writer()
+    params = {
+        "min_confidence": 0.5,
+        "now": 1,
+        "limit": 10,
+        "type": "t",
+        "after_value": 1,
+        "after_id": "x",
+    }
+    plan = " | ".join(
+        row[3]
+        for row in conn.execute("EXPLAIN QUERY PLAN " + q.query_sql(order, typed, after), params)
+    )
+    pool.close()
+    assert "TEMP B-TREE" not in plan, plan
+    assert "SCAN blobs" not in plan, plan
+    index = ("patterns_type_" if typed else "patterns_") + order
+    assert index in plan, plan
