@@ -69,12 +69,14 @@ def test_a_lock_held_elsewhere_pauses_writes_not_reads(start_server: Any, clock:
             assert c.get_pattern("before").id == "before"  # reads keep working
             assert c.get_pattern("queued").id == "queued"
             assert _readyz(srv) == 503
+            assert c.health() == "NOT_SERVING"  # gRPC health mirrors readiness
         finally:
             other.execute("ROLLBACK")
             other.close()
         _eventually(lambda: c.store_pattern(Pattern(id="after", type="t")))
         assert c.flush().durable_sequence >= queued.sequence
         assert _readyz(srv) == 200
+        assert c.health() == "SERVING"
     srv.stop()
     again = start_server(clock)
     with PatternStoreClient(again.target) as c:

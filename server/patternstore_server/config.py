@@ -46,7 +46,7 @@ class Settings:
     )
     max_batch: int = _setting(1000, "a group commit closes at this many queued writes")
     max_delay_ms: float = _setting(2.0, "... or this long after its first write, whichever first")
-    queue_max: int = _setting(
+    max_queue: int = _setting(
         100_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED"
     )
     synchronous: str = _setting(
@@ -205,7 +205,7 @@ def _check(s: Settings) -> None:
         "decay_factor": 0 < s.decay_factor <= 1,
         "decay_period_s": s.decay_period_s > 0,
         "max_batch": s.max_batch >= 1,
-        "queue_max": s.queue_max >= 1,
+        "max_queue": s.max_queue >= 1,
         "max_delay_ms": s.max_delay_ms >= 0,
         "learning_rate": s.learning_rate > 0,
     }

@@ -124,7 +124,7 @@ class Engine:
             model=settings.confidence_model,
             learning_rate=settings.learning_rate,
         )
-        self._queue_max = settings.queue_max
+        self._max_queue = settings.max_queue
         self._loop: asyncio.AbstractEventLoop | None = None
         # id -> (sequence of its newest accepted write, state or None when deleted).
         self._pending: dict[str, tuple[int, pb.Pattern | None]] = {}
@@ -149,6 +149,8 @@ class Engine:
         self.pruned = {"expired": 0, "low_confidence": 0, "idle": 0}
         # Outcomes applied, by outcome name: read by the metrics at scrape time.
         self.outcome_counts = dict.fromkeys(_NAMES.values(), 0)
+        # Called on the loop thread when writes pause for a fault (False) and resume (True).
+        self.on_readiness: Callable[[bool], None] | None = None
         # Called once, on the loop thread, when a commit fails (health turns NOT_SERVING).
         self.on_failure: Callable[[BaseException], None] | None = None
         # Set while the writer retries a batch that cannot commit (disk full, lock held
@@ -171,7 +173,7 @@ class Engine:
             # commit must not let the next run reuse them.
             with writer:
                 writer.execute(
-                    q.META_SET, ("sequence_reserved", self._sequence_floor + self._queue_max)
+                    q.META_SET, ("sequence_reserved", self._sequence_floor + self._max_queue)
                 )
             for rid, pid, seq, conf in reversed(
                 list(writer.execute(q.LOAD_OUTCOME_REQUESTS, (settings.dedup_window,)))
@@ -189,7 +191,7 @@ class Engine:
             self.blobs,
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000.0,
-            reserve_gap=self._queue_max,
+            reserve_gap=self._max_queue,
             dedup_window=settings.dedup_window,
             checkpoint_pages=settings.wal_autocheckpoint_pages,
             on_commit=self._committed_from_writer,
@@ -306,13 +308,13 @@ class Engine:
             )
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance or later")
-        if self._pending_ops + n_ops > self._queue_max:
+        if self._pending_ops + n_ops > self._max_queue:
             # The queue drains about max_batch writes per commit: hint at that much time.
             commits = self._pending_ops / max(1, self._settings.max_batch) + 1
             per_commit = max(self._committer.last_commit_seconds, self._settings.max_delay_ms / 1e3)
             retry_ms = max(1, round(commits * per_commit * 1000))
             raise Overloaded(
-                f"write queue full ({self._pending_ops} of {self._queue_max} queued writes "
+                f"write queue full ({self._pending_ops} of {self._max_queue} queued writes "
                 f"not yet committed); back off about {retry_ms} ms and retry, or call Flush",
                 retry_ms,
             )
@@ -557,7 +559,7 @@ class Engine:
 
     @property
     def queue_full(self) -> bool:
-        return self._pending_ops >= self._queue_max
+        return self._pending_ops >= self._max_queue
 
     def _invalidate(self, pid: str) -> None:
         self._tiers.invalidate(pid)
@@ -597,6 +599,12 @@ class Engine:
             loop.call_soon_threadsafe(self._set_degraded, error)
 
     def _set_degraded(self, error: StorageError | None) -> None:
+        was = self._degraded is not None
+        self._apply_degraded(error)
+        if self.on_readiness is not None and was != (self._degraded is not None):
+            self.on_readiness(self._degraded is None)
+
+    def _apply_degraded(self, error: StorageError | None) -> None:
         if error is None:
             self._degraded = None
             return
@@ -699,7 +707,7 @@ class Engine:
 
     @property
     def queue_capacity(self) -> int:
-        return self._queue_max
+        return self._max_queue
 
     def cache_figures(self) -> list[tuple[str, int, int, int, int, int]]:
         """(tier, hits, misses, evictions, entries, bytes) per cache tier."""

@@ -81,6 +81,7 @@ class PatternStoreServer:
         self.engine = Engine(s, self.pool, PatternTiers(l1, l2), l3, self._clock)
         self.engine.committer.batch_observer = self.metrics.observe_batch
         self.engine.on_failure = self._on_failure
+        self.engine.on_readiness = self._on_readiness
         self.engine.start(asyncio.get_running_loop())
         self.servicer = PatternStoreServicer(self.engine, self.pool, self.metrics, s.query_threads)
 
@@ -167,12 +168,18 @@ class PatternStoreServer:
         return None
 
     def _on_failure(self, error: BaseException) -> None:
-        # gRPC health mirrors readiness: load balancers stop sending writes here.
         log.error("a commit failed, refusing writes until restart: %s", error)
+        self._on_readiness(False)
+
+    def _on_readiness(self, ready: bool) -> None:
+        # gRPC health mirrors /readyz: load balancers stop sending here while writes pause.
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in (SERVICE, ""):
-            task = asyncio.ensure_future(
-                self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-            )
+            task = asyncio.ensure_future(self._health.set(service, status))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

@@ -142,7 +142,7 @@ def test_kill9_rounds_lose_no_acknowledged_write(tmp_path: Path) -> None:
 
 def test_an_empty_store_patterns_does_not_rewind_sequences(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    flags = ("--queue-max", "10")  # small: a rewind lands below sequences already used
+    flags = ("--max-queue", "10")  # small: a rewind lands below sequences already used
     server = ServerProcess(data, *flags)
     try:
         with PatternStoreClient(server.target) as c:
