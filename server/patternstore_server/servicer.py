@@ -38,6 +38,8 @@ _M = TypeVar("_M", bound=Message)
 _Unary = Callable[[bytes], Awaitable[bytes]]
 
 _BACKUP_CHUNK = 1024 * 1024
+# (k to fetch, type, min_confidence, exact): searches sharing it can share a scan.
+_SearchKey = tuple[int, str | None, float, bool]
 _PATTERNS_TAG = b"\x0a"  # GetPatternsResponse.patterns: field 1, length-delimited
 _MISSING_TAG = b"\x12"  # GetPatternsResponse.missing_ids: field 2, length-delimited
 
@@ -78,6 +80,10 @@ class PatternStoreServicer:
         self._pool = pool
         self._metrics = metrics
         self._queries = ThreadPoolExecutor(query_threads, thread_name_prefix="patternstore-query")
+        # SearchSimilar requests waiting for the batcher (loop thread only).
+        self._search_queue: list[tuple[_SearchKey, np.ndarray, asyncio.Future[Any]]] = []
+        self._search_tasks: set[asyncio.Future[None]] = set()
+        self._query_threads = query_threads
         # Calls inside a handler now, and when the last one started (loop thread only):
         # shutdown drains until both say the clients have gone quiet.
         self.in_flight = 0
@@ -290,19 +296,10 @@ class PatternStoreServicer:
         # Expired patterns stay in the index until pruned: ask for a few more.
         fetch = k * 2 if self._engine.has_expiring else k
 
-        def search() -> list[tuple[str, float]]:
-            return index.search(
-                query,
-                fetch,
-                type=req.type or None,
-                min_confidence=req.min_confidence,
-                exact=req.exact,
-                fetch_exact=self._engine.embeddings_for,
-            )
-
-        loop = asyncio.get_running_loop()
         try:
-            hits = await loop.run_in_executor(self._queries, search)
+            hits = await self._batched_search(
+                query, (fetch, req.type or None, req.min_confidence, req.exact)
+            )
         except ValueError as exc:
             raise InvalidArgument("embedding", str(exc)) from None
         ids = [pid for pid, _ in hits]
@@ -321,6 +318,58 @@ class PatternStoreServicer:
             item = resp.results.add(similarity=sim)
             item.pattern.MergeFromString(data)
         return resp.SerializeToString()
+
+    async def _batched_search(self, query: np.ndarray, key: _SearchKey) -> list[tuple[str, float]]:
+        """Search through the batcher: concurrent requests with the same filters share one
+        pass over the index's codes (the scan is memory-bound; 8 queries cost little more
+        than one), which is how SearchSimilar serves more than one core's worth."""
+        fut: asyncio.Future[list[tuple[str, float]]] = asyncio.get_running_loop().create_future()
+        self._search_queue.append((key, query, fut))
+        # One batch per query thread at a time: numpy releases the GIL in the scan, so two
+        # batches use both cores while the next requests queue up behind them.
+        if len(self._search_tasks) < self._query_threads:
+            task = asyncio.ensure_future(self._run_searches())
+            self._search_tasks.add(task)
+            task.add_done_callback(self._search_tasks.discard)
+        return await fut
+
+    async def _run_searches(self) -> None:
+        loop = asyncio.get_running_loop()
+        index = self._engine.vectors
+        while self._search_queue:
+            batch, self._search_queue = self._search_queue, []
+            groups: dict[_SearchKey, list[tuple[np.ndarray, asyncio.Future[Any]]]] = {}
+            for key, query, fut in batch:
+                groups.setdefault(key, []).append((query, fut))
+            for (k, qtype, min_confidence, exact), items in groups.items():
+                queries = np.stack([query for query, _ in items])
+
+                def run(
+                    queries: np.ndarray = queries,
+                    k: int = k,
+                    qtype: str | None = qtype,
+                    min_confidence: float = min_confidence,
+                    exact: bool = exact,
+                ) -> list[list[tuple[str, float]]]:
+                    return index.search_batch(
+                        queries,
+                        k,
+                        type=qtype,
+                        min_confidence=min_confidence,
+                        exact=exact,
+                        fetch_exact=self._engine.embeddings_for,
+                    )
+
+                try:
+                    results = await loop.run_in_executor(self._queries, run)
+                except Exception as exc:  # handed to each caller, who maps it
+                    for _, fut in items:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), result in zip(items, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
 
     async def prune_patterns(self, raw: bytes) -> bytes:
         req = _parse(pb.PrunePatternsRequest, raw)
