@@ -55,6 +55,7 @@ import grpc  # noqa: E402
 from h2load_driver import frame, h2load_available, latencies_us, run_h2load  # noqa: E402
 from patternstore import PatternStoreClient  # noqa: E402
 from patternstore.v1 import patternstore_pb2 as pb  # noqa: E402
+from procs import Proc  # noqa: E402
 from pybench import (  # noqa: E402
     OUTCOMES,
     BenchConfig,
@@ -109,48 +110,6 @@ class Plan:
     seconds: float  # measured seconds per throughput figure
     mix_seconds: float
     quick: bool
-
-
-class _Proc:
-    def __init__(self, cmd: list[str], ready: re.Pattern[str], log: Path) -> None:
-        self.log = log
-        self._f = open(log, "w+b")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._f,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            m = ready.search(log.read_text(errors="replace"))
-            if m:
-                self.match = m
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited:\n{log.read_text()}")
-            time.sleep(0.05)
-        raise TimeoutError(log.read_text())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss_anon_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._f.close()
 
 
 def _free_port() -> int:
@@ -417,7 +376,7 @@ class Bench:
 
     def run(self, work: Path) -> None:
         plan = self.plan
-        server = _Proc(
+        server = Proc(
             [
                 sys.executable,
                 "-m",
@@ -433,7 +392,7 @@ class Bench:
             _SERVING,
             work / "server.log",
         )
-        baseline: _Proc | None = None
+        baseline: Proc | None = None
         store: _Redis | None = None
         try:
             port, mport = int(server.match[1]), int(server.match[2])
@@ -457,7 +416,7 @@ class Bench:
             if self.has_redis:
                 store = _Redis(work)
             if self.has_h2load:
-                baseline = _Proc(
+                baseline = Proc(
                     [
                         sys.executable,
                         str(ROOT / "loadtest/baseline_server.py"),

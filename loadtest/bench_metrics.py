@@ -8,13 +8,10 @@ rounds each; prints the medians and the ratio.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,36 +22,7 @@ for sub in ("server", "client", "loadtest"):
 from h2load_driver import frame, run_h2load  # noqa: E402
 from patternstore import Pattern, PatternStoreClient  # noqa: E402
 from patternstore.v1 import patternstore_pb2 as pb  # noqa: E402
-
-_SERVING = re.compile(r"grpc=[^ ]*:(\d+)")
-
-
-def _start(work: Path, name: str, metrics: str) -> tuple[subprocess.Popen[bytes], str]:
-    log = work / f"{name}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "patternstore_server",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "",
-            "--data-dir",
-            str(work / name),
-            "--grpc-metrics",
-            metrics,
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        m = _SERVING.search(log.read_text(errors="replace"))
-        if m:
-            return proc, f"127.0.0.1:{m[1]}"
-        time.sleep(0.05)
-    raise SystemExit(f"{name} did not start")
+from procs import start_patternstore  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         targets = {}
         for name in ("on", "off"):
-            proc, target = _start(work, name, name)
+            proc, target, _ = start_patternstore(work, "--grpc-metrics", name, name=name)
             procs.append(proc)
             targets[name] = target
             with PatternStoreClient(target) as c:
@@ -96,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.wait(30)
+            proc.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -19,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("server", "client"):
+for sub in ("server", "client", "loadtest"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
@@ -28,8 +26,7 @@ from patternstore_server.model import pattern_row  # noqa: E402
 from patternstore_server.storage import ConnectionOptions, ConnectionPool  # noqa: E402
 from patternstore_server.storage import queries as q  # noqa: E402
 from patternstore_server.storage.blobs import PayloadStore  # noqa: E402
-
-_SERVING = re.compile(r"grpc=[^ ]*:(\d+)")
+from procs import start_patternstore  # noqa: E402
 
 
 def _build(path: Path, n: int) -> None:
@@ -84,37 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         _build(work / "data" / "patterns.db", args.patterns)
         print(f"built {args.patterns:,} patterns in {time.perf_counter() - started:.0f} s")
-        log = work / "server.log"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "patternstore_server",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--data-dir",
-                str(work / "data"),
-                "--prune-below-confidence",
-                "0.3",
-                "--prune-min-evidence",
-                "5",
-                "--prune-interval-s",
-                "86400",
-                "--prune-batch",
-                str(args.batch),
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
+        proc, target, _ = start_patternstore(
+            work,
+            "--prune-below-confidence",
+            "0.3",
+            "--prune-min-evidence",
+            "5",
+            "--prune-interval-s",
+            "86400",
+            "--prune-batch",
+            str(args.batch),
+            name="data",
         )
-        match = None
-        while match is None:
-            time.sleep(0.1)
-            match = _SERVING.search(log.read_text(errors="replace"))
-            if proc.poll() is not None:
-                raise SystemExit(log.read_text())
-        target = f"127.0.0.1:{match[1]}"
         alone = _reads(target, args.patterns, args.seconds)
         result: dict[str, float] = {}
         with PatternStoreClient(target, timeout=600) as c:
@@ -153,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(60)
+            proc.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

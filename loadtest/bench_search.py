@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("server", "client"):
+for sub in ("server", "client", "loadtest"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
@@ -31,8 +30,7 @@ from patternstore import (  # noqa: E402
     Pattern,
     PatternStoreClient,
 )
-
-_SERVING = re.compile(r"grpc=[^ ]*:(\d+) metrics=[^ ]*:(\d+)")
+from procs import start_patternstore  # noqa: E402
 
 
 def _metric(port: int, name: str) -> float:
@@ -74,31 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     queries = (vecs[picks] + noise).astype(np.float32)
 
     work = Path(tempfile.mkdtemp(prefix="patternstore-search-"))
-    log = work / "server.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "patternstore_server",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(work / "data"),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    proc = None
     try:
-        match = None
-        deadline = time.monotonic() + 60
-        while match is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            match = _SERVING.search(log.read_text(errors="replace"))
-        if match is None:
-            raise SystemExit("the server did not start")
-        target, mport = f"127.0.0.1:{match[1]}", int(match[2])
+        proc, target, mport = start_patternstore(work)
         started = time.perf_counter()
         with PatternStoreClient(target, timeout=300) as c:
             for lo in range(0, args.patterns, 500):
@@ -133,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             f"int8 codes ({codes / 2**20:.1f} MiB)"
         )
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc is not None:
+            proc.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,15 +19,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("server", "client"):
+for sub in ("server", "client", "loadtest"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from patternstore import Pattern, PatternStoreClient, update_request  # noqa: E402
-
-_SERVING = re.compile(r"grpc=[^ ]*:(\d+)")
+from procs import start_patternstore  # noqa: E402
 
 
 class _Stats:
@@ -93,13 +90,6 @@ def _worker(target: str, n_patterns: int, stop: threading.Event, stats: _Stats, 
                 stats.latencies.append(time.perf_counter() - started)
 
 
-def _rss_anon_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -109,31 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="patternstore-soak-"))
-    log = (work / "server.log").open("w+b")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "patternstore_server",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "",
-            "--data-dir",
-            str(work / "data"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server, target, _ = start_patternstore(work, name="data")
     try:
-        deadline = time.monotonic() + 60
-        match = None
-        while match is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            match = _SERVING.search((work / "server.log").read_text(errors="replace"))
-        if match is None:
-            raise SystemExit("the server did not start")
-        target = f"127.0.0.1:{match[1]}"
         with PatternStoreClient(target, timeout=120) as c:
             for lo in range(0, args.patterns, 1000):
                 c.store_patterns(
@@ -169,16 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{n:>6} {len(lat) / args.interval_s:>8.0f} {np.percentile(arr, 50):>8.2f} "
                 f"{np.percentile(arr, 99):>8.2f} {errors:>6} "
-                f"{_rss_anon_mb(server.pid):>10.1f} {wal_mb:>7.1f}",
+                f"{server.rss_anon_mb():>10.1f} {wal_mb:>7.1f}",
                 flush=True,
             )
         stop.set()
         for t in threads:
             t.join(60)
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
