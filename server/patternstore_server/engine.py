@@ -76,6 +76,7 @@ _NAMES = {
 _MAX_FUTURE_NS = 300 * 1_000_000_000
 _TYPE_AT = q.PATTERN_FIELDS.index("type")
 _RECENT_STATES = 4096
+_PRUNE_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -846,26 +847,50 @@ class Engine:
             budget -= len(taken[why])
         if dry_run:
             return taken, 0
-        ops: list[Op] = []
+        last = 0
+        touched = False
         for why, ids in taken.items():
-            for pid in ids:
-                pending = self._pending.get(pid)
-                state = pending[1] if pending is not None else None
-                ptype = state.type if state is not None else ""
-                seq = self._next_sequence()
-                ops.append(Delete(seq, pid, ptype))
-                self._pending[pid] = (seq, None)
-                self._invalidate(pid)
-                self._forget(pid)
-                self.pruned[why] += 1
-        if not ops:
-            return taken, 0
-        self._admit(0)
-        # The pruned patterns' types are not all known here: drop every cached reply.
-        self.l3.clear()
-        self._pending_patterns += len(ops)
-        await self._submit(ops, durable=True)
-        return taken, ops[-1].sequence
+            for lo in range(0, len(ids), _PRUNE_CHUNK):
+                # Re-checked per chunk: between chunks the loop serves other calls, and a
+                # write may have made a pattern worth keeping again.
+                now = self._clock()
+                chunk = [
+                    pid
+                    for pid in ids[lo : lo + _PRUNE_CHUNK]
+                    if self.posteriors.qualifies(
+                        pid,
+                        why,
+                        now,
+                        s.prune_below_confidence,
+                        s.prune_min_evidence,
+                        idle_before,
+                    )
+                ]
+                if not chunk:
+                    continue
+                self._admit(len(chunk))
+                if not touched:
+                    # The pruned patterns' types are not all known: drop every cached reply.
+                    self.l3.clear()
+                    touched = True
+                ops: list[Op] = []
+                for pid in chunk:
+                    pending = self._pending.get(pid)
+                    state = pending[1] if pending is not None else None
+                    seq = self._next_sequence()
+                    ops.append(Delete(seq, pid, state.type if state is not None else ""))
+                    self._pending[pid] = (seq, None)
+                    self._invalidate(pid)
+                    self._forget(pid)
+                self.pruned[why] += len(ops)
+                self._pending_patterns += len(ops)
+                await self._submit(ops, durable=False)
+                last = ops[-1].sequence
+                # Let reads in between chunks: one pass must not stall the loop for long.
+                await asyncio.sleep(0)
+        if last:
+            await self.wait_durable(last)
+        return taken, last
 
     def warm(self, count: int) -> tuple[int, float]:
         """Load the ``count`` patterns most likely to be read into the caches.

@@ -172,6 +172,27 @@ class Posteriors:
             why: [self._ids[s] or "" for s in np.flatnonzero(mask)] for why, mask in reasons.items()
         }
 
+    def qualifies(
+        self,
+        pid: str,
+        why: str,
+        now_ns: int,
+        below_confidence: float,
+        min_evidence: int,
+        idle_before_ns: int,
+    ) -> bool:
+        """Whether ``pid`` still meets ``why`` (a write may have landed since the scan)."""
+        slot = self._slot.get(pid)
+        if slot is None:
+            return False
+        if why == "expired":
+            return bool(0 < self._expires[slot] <= now_ns)
+        if why == "low_confidence":
+            return bool(
+                self._confidence[slot] < below_confidence and self._usage[slot] >= min_evidence
+            )
+        return bool(self._active[slot] < idle_before_ns)
+
     def touch(self, pid: str, now_ns: int) -> None:
         """A read: the pattern is not idle."""
         slot = self._slot.get(pid)
