@@ -910,8 +910,12 @@ class Engine:
         return len(rows), time.perf_counter() - started
 
     def count_patterns(self) -> int:
-        rows = self._pool.query("count_patterns", q.COUNT_PATTERNS)
-        return int(rows[0][0]) if rows else 0
+        """Patterns stored (accepted writes included, expired ones until pruned).
+
+        From memory: a count(*) over SQLite scans the table, tens of ms at 1M rows, and
+        GetStats runs on the event loop thread.
+        """
+        return len(self.posteriors)
 
 
 def _meta(conn: apsw.Connection, key: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __all__ = [
     "COLUMNS",
-    "COUNT_PATTERNS",
     "DELETE_PATTERN",
     "INSERT_OUTCOME_REQUEST",
     "LEARNED_FIELDS",
@@ -92,8 +91,6 @@ SELECT_EMBEDDINGS_IN = "SELECT id, embedding FROM patterns WHERE id IN ({})"
 SELECT_WARM = f"SELECT {COLUMNS} {FROM_PATTERNS} ORDER BY usage_count DESC, confidence DESC LIMIT ?"
 
 DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
-
-COUNT_PATTERNS = "SELECT count(*) FROM patterns"
 
 INSERT_OUTCOME_REQUEST = """
 INSERT OR REPLACE INTO outcome_requests (request_id, pattern_id, sequence, confidence)
