@@ -189,3 +189,27 @@ def test_pruning_by_confidence_and_idleness(start_server: Any, clock: FakeClock)
         assert sorted(r.ids) == ["bad", "idle"]
         left = c.get_patterns(["bad", "young", "good", "idle"])
         assert [p.id for p in left.patterns] == ["young", "good"]
+
+
+def test_a_prune_pass_rechecks_patterns_written_since_its_scan() -> None:
+    from patternstore_server.ranking import Posteriors
+
+    p = Posteriors(capacity=2)
+    for i in range(5):  # grows past its capacity
+        p.set(f"x{i}", "t", 1.0, 9.0, 0.1, 8, 0, 100)
+    found = p.prunable(1_000, below_confidence=0.3, min_evidence=5, idle_before_ns=0)
+    assert found["low_confidence"] == ["x0", "x1", "x2", "x3", "x4"]
+    p.learn("x2", 9.0, 1.0, 0.9, 9, 500)  # outcomes arrived after the scan
+    p.remove("x3")  # and a delete
+    keep = [
+        pid
+        for pid in found["low_confidence"]
+        if p.qualifies(pid, "low_confidence", 1_000, 0.3, 5, 0)
+    ]
+    assert keep == ["x0", "x1", "x4"]
+    p.set("e", "t", 1.0, 1.0, 0.5, 0, 900, 100)
+    assert p.qualifies("e", "expired", 1_000, 0.3, 5, 0)
+    assert not p.qualifies("e", "expired", 800, 0.3, 5, 0)
+    assert p.qualifies("x0", "idle", 1_000, 0.3, 5, 200) and not p.qualifies(
+        "x2", "idle", 1_000, 0.3, 5, 200
+    )
