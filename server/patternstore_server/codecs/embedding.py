@@ -8,30 +8,40 @@ Blob layout::
     kind 0x01 float16  body = n x float16 LE                          lossy
     kind 0x02 int16    body = offset f32 | scale f32 | n x uint16 LE  lossy
     kind 0x03 int8     body = offset f32 | scale f32 | n x uint8      lossy
+    kind 0x04 int8     body = offset f32 | scale f32 | zstd(n x uint8) lossy
 
 The kind travels with every row, so changing ``embedding_storage`` never makes an
 older row unreadable. Integer kinds map [min, max] of each vector linearly onto the
 codes (value = offset + code * scale). Vectors a lossy kind cannot represent
 (NaN or infinity anywhere; float16 beyond +-65504; empty) are stored as float32,
 so ``encode`` never fails on a finite or non-finite float32 input.
+
+``int8`` writes kind 0x04 when it is smaller than 0x03: the same codes, entropy-coded
+by a magicless zstd frame (no content size, checksum or dict id) made with the fixed
+dictionary of ``_int8_tables``, whose Huffman table fits the bell-shaped codes of
+real-valued vectors (about 372 bytes for 384 codes). Same values, same error bound.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from ._format import CodecError
+from ._int8_tables import int8_dictionary
 
 __all__ = [
     "EMBEDDING_STORAGES",
     "VERSION",
     "decode",
     "encode",
+    "int8_codes",
     "max_abs_error_bound",
     "stored_kind",
 ]
@@ -42,6 +52,7 @@ _KIND_FLOAT32: Final = 0x00
 _KIND_FLOAT16: Final = 0x01
 _KIND_INT16: Final = 0x02
 _KIND_INT8: Final = 0x03
+_KIND_INT8_CODED: Final = 0x04  # written for storage "int8", never chosen by name
 
 _KINDS: Final[dict[str, int]] = {
     "float32": _KIND_FLOAT32,
@@ -50,6 +61,7 @@ _KINDS: Final[dict[str, int]] = {
     "int8": _KIND_INT8,
 }
 _NAMES: Final[dict[int, str]] = {kind: name for name, kind in _KINDS.items()}
+_NAMES[_KIND_INT8_CODED] = "int8"
 EMBEDDING_STORAGES: Final = tuple(_KINDS)
 
 # Highest code of each integer kind: codes run 0..levels.
@@ -58,6 +70,9 @@ _CODE_DTYPES: Final[dict[int, str]] = {_KIND_INT16: "<u2", _KIND_INT8: "u1"}
 _FLOAT16_MAX: Final = 65504.0
 _FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
 _PARAMS: Final = struct.Struct("<ff")  # offset, scale
+# More codes than any embedding the server accepts; bounds what a corrupt frame may
+# make the decompressor allocate.
+_MAX_CODES: Final = 1 << 20
 
 _FloatArray = npt.NDArray[np.float32]
 
@@ -76,7 +91,49 @@ def encode(vec: npt.ArrayLike | Sequence[float], storage: str) -> bytes:
         return header + values.astype("<f4").tobytes()
     if kind == _KIND_FLOAT16:
         return header + values.astype("<f2").tobytes()
-    return header + _quantise(values, kind)
+    body = _quantise(values, kind)
+    if kind == _KIND_INT8:
+        coded = _int8_compressor().compress(body[_PARAMS.size :])
+        if len(coded) < len(body) - _PARAMS.size:
+            return bytes([VERSION, _KIND_INT8_CODED]) + body[: _PARAMS.size] + coded
+    return header + body
+
+
+def int8_codes(vec: npt.ArrayLike) -> bytes:
+    """The raw uint8 codes int8 storage quantises ``vec`` to (for training the table)."""
+    return _quantise(np.asarray(vec, dtype=np.float32), _KIND_INT8)[_PARAMS.size :]
+
+
+# zstd contexts are not thread-safe: one pair per thread, built on first use.
+_local = threading.local()
+
+
+def _int8_compressor() -> zstandard.ZstdCompressor:
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            3,
+            format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+            # The codes' count is the frame's output length: no need to store it.
+            write_content_size=0,
+            write_dict_id=0,
+            write_checksum=0,
+        )
+        compressor = zstandard.ZstdCompressor(
+            dict_data=int8_dictionary(), compression_params=params
+        )
+        _local.compressor = compressor
+    return compressor
+
+
+def _int8_decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = zstandard.ZstdDecompressor(
+            dict_data=int8_dictionary(), format=zstandard.FORMAT_ZSTD1_MAGICLESS
+        )
+        _local.decompressor = decompressor
+    return decompressor
 
 
 def _representable_kind(values: _FloatArray, kind: int) -> int:
@@ -120,17 +177,27 @@ def decode(blob: bytes) -> _FloatArray:
         return _frombuffer(body, "<f4").astype(np.float32)
     if kind == _KIND_FLOAT16:
         return _frombuffer(body, "<f2").astype(np.float32)
-    if kind in _LEVELS:
+    if kind in _LEVELS or kind == _KIND_INT8_CODED:
         if len(body) < _PARAMS.size:
             raise CodecError("quantised embedding blob is missing offset and scale")
         offset, scale = (float(param) for param in _PARAMS.unpack_from(body))
-        codes = _frombuffer(body[_PARAMS.size :], _CODE_DTYPES[kind])
+        if kind == _KIND_INT8_CODED:
+            codes = np.frombuffer(_int8_decode(body[_PARAMS.size :]), dtype="u1")
+        else:
+            codes = _frombuffer(body[_PARAMS.size :], _CODE_DTYPES[kind])
         # float64 arithmetic, one rounding to float32 at the end: keeps the error at
         # scale/2 plus half an ulp of the result. The scale is rounded up, so a vector
         # reaching float32's largest value would decode a hair above it, to inf: clamp.
         restored = offset + codes.astype(np.float64) * scale
         return np.clip(restored, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
     raise CodecError(f"unknown embedding storage kind 0x{kind:02x}")
+
+
+def _int8_decode(frame: memoryview) -> bytes:
+    try:
+        return _int8_decompressor().decompress(frame, max_output_size=_MAX_CODES)
+    except zstandard.ZstdError as exc:
+        raise CodecError(f"corrupt int8 embedding frame: {exc}") from exc
 
 
 def _frombuffer(body: memoryview, dtype: str) -> npt.NDArray[np.generic]:
