@@ -22,11 +22,15 @@ SizeOf = Callable[[bytes], int]
 
 _T = TypeVar("_T")
 
-# Hits are recorded in a plain list and applied to the policy in one batch (like
-# Caffeine's read buffer): the hit path then costs a dict lookup and an append, and
-# the bookkeeping runs in a tight loop (vectorised for the sketch) when the buffer is
-# full or before any write. 128 keeps the delay short and the batch worth vectorising.
+# Hits are recorded in a plain list and applied to the policy in one batch before the
+# next write, delete or eviction (like Caffeine's read buffer): the hit path costs a
+# dict lookup and an append. The buffer is lossy, as Caffeine's is: when it fills,
+# its older half goes to the policy's ``_apply_dropped_reads`` (which may keep only
+# part of it; still counted in ``hits``), and the write that ends the run applies the
+# newest 64 to 127 in full. Applying every hit costs several times the lookup itself
+# in pure Python (see DESIGN.md).
 _READ_BUFFER_SIZE: Final = 128
+_READ_BUFFER_KEEP: Final = _READ_BUFFER_SIZE // 2
 
 
 class Cache(MutableMapping[str, bytes]):
@@ -59,7 +63,8 @@ class Cache(MutableMapping[str, bytes]):
         self._sizes: dict[str, int] = {}
         self._currsize = 0
         self._reads: list[str] = []
-        self._applied_hits = 0
+        # Hits applied to the policy or dropped from a full read buffer.
+        self._counted_hits = 0
         self.misses = 0
         self.evictions = 0
 
@@ -83,7 +88,7 @@ class Cache(MutableMapping[str, bytes]):
     @property
     def hits(self) -> int:
         """Lookups that found their key (including ones still in the read buffer)."""
-        return self._applied_hits + len(self._reads)
+        return self._counted_hits + len(self._reads)
 
     def getsizeof(self, value: bytes) -> int:
         """The size an entry holding ``value`` counts against ``max_bytes``."""
@@ -100,7 +105,7 @@ class Cache(MutableMapping[str, bytes]):
         reads = self._reads
         reads.append(key)
         if len(reads) >= _READ_BUFFER_SIZE:
-            self._drain_reads()
+            self._read_buffer_full()
         return value
 
     @overload
@@ -120,7 +125,7 @@ class Cache(MutableMapping[str, bytes]):
         reads = self._reads
         reads.append(key)
         if len(reads) >= _READ_BUFFER_SIZE:
-            self._drain_reads()
+            self._read_buffer_full()
         return value
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -140,7 +145,7 @@ class Cache(MutableMapping[str, bytes]):
         else:
             reads.extend(keys)
         if len(reads) >= _READ_BUFFER_SIZE:
-            self._drain_reads()
+            self._read_buffer_full()
         return found
 
     def __contains__(self, key: object) -> bool:
@@ -200,7 +205,7 @@ class Cache(MutableMapping[str, bytes]):
         self._data.clear()
         self._sizes.clear()
         self._currsize = 0
-        self._applied_hits += len(self._reads)
+        self._counted_hits += len(self._reads)
         self._reads.clear()
         self._on_clear()
 
@@ -223,15 +228,32 @@ class Cache(MutableMapping[str, bytes]):
 
     def _drain_reads(self) -> None:
         reads = self._reads
-        self._applied_hits += len(reads)
+        self._counted_hits += len(reads)
         self._apply_reads(reads)
         reads.clear()
+
+    def _read_buffer_full(self) -> None:
+        """Hand the older half of a full read buffer to the policy's cheap path and
+        keep the newest records for the next drain."""
+        reads = self._reads
+        dropped = len(reads) - _READ_BUFFER_KEEP
+        self._counted_hits += dropped
+        self._apply_dropped_reads(reads[:dropped])
+        del reads[:dropped]
 
     # -- what a policy provides ------------------------------------------------------
 
     @abstractmethod
     def _apply_reads(self, keys: list[str]) -> None:
         """Record hits on ``keys``, oldest first; a key may since have been removed."""
+
+    def _apply_dropped_reads(self, keys: list[str]) -> None:
+        """Record hits on ``keys`` (oldest first) that a full read buffer gives up.
+
+        By default they are applied like any others; a policy may keep only what its
+        hit ratio needs from a long run of hits with no write between.
+        """
+        self._apply_reads(keys)
 
     @abstractmethod
     def _on_insert(self, key: str) -> None:

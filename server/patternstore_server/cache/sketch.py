@@ -77,10 +77,30 @@ class FrequencySketch:
         t = self._table
         s1, s2, s3 = self._s1, self._s2, self._s3
         o1, o2, o3 = self._o1, self._o2, self._o3
+        # frequency() inlined twice, with comparisons rather than min(): a builtin
+        # call per key costs more than the three compares.
         h = hash(first)
-        a = min(t[h & m], t[((h >> s1) & m) | o1], t[((h >> s2) & m) | o2], t[((h >> s3) & m) | o3])
+        a = t[h & m]
+        c = t[((h >> s1) & m) | o1]
+        if c < a:
+            a = c
+        c = t[((h >> s2) & m) | o2]
+        if c < a:
+            a = c
+        c = t[((h >> s3) & m) | o3]
+        if c < a:
+            a = c
         h = hash(second)
-        b = min(t[h & m], t[((h >> s1) & m) | o1], t[((h >> s2) & m) | o2], t[((h >> s3) & m) | o3])
+        b = t[h & m]
+        c = t[((h >> s1) & m) | o1]
+        if c < b:
+            b = c
+        c = t[((h >> s2) & m) | o2]
+        if c < b:
+            b = c
+        c = t[((h >> s3) & m) | o3]
+        if c < b:
+            b = c
         return a, b
 
     def increment(self, key: str) -> None:
@@ -88,18 +108,23 @@ class FrequencySketch:
         h = hash(key)
         m = self._mask
         t = self._table
+        # Each counter read once (``t[i] += 1`` would read it again).
         i = h & m
-        if t[i] < _MAX_COUNT:
-            t[i] += 1
+        c = t[i]
+        if c < _MAX_COUNT:
+            t[i] = c + 1
         i = ((h >> self._s1) & m) | self._o1
-        if t[i] < _MAX_COUNT:
-            t[i] += 1
+        c = t[i]
+        if c < _MAX_COUNT:
+            t[i] = c + 1
         i = ((h >> self._s2) & m) | self._o2
-        if t[i] < _MAX_COUNT:
-            t[i] += 1
+        c = t[i]
+        if c < _MAX_COUNT:
+            t[i] = c + 1
         i = ((h >> self._s3) & m) | self._o3
-        if t[i] < _MAX_COUNT:
-            t[i] += 1
+        c = t[i]
+        if c < _MAX_COUNT:
+            t[i] = c + 1
         self._additions += 1
         if self._additions >= self.sample_size:
             self._halve()
