@@ -148,6 +148,32 @@ def test_search_batch_equals_single_searches() -> None:
     assert batch == [index.search(q, 7, type="B", fetch_exact=fetch) for q in queries]
 
 
+@pytest.mark.parametrize("scan_threads", [2, 3])
+def test_a_scan_split_over_threads_gives_the_single_thread_result(scan_threads: int) -> None:
+    rng = np.random.default_rng(21)
+    # Several chunks (the split is by chunk: 1024 rows at 384 dims), two types so the
+    # filtered path splits too.
+    vectors = _unit_rows(rng.standard_normal((4500, 384)))
+    ids = [f"p{i}" for i in range(len(vectors))]
+    types = ["A" if i % 3 else "B" for i in range(len(vectors))]
+    single, split = VectorIndex(), VectorIndex(scan_threads=scan_threads)
+    for index in (single, split):
+        index.upsert_many(ids, vectors, types, [0.5] * len(ids))
+    fetch = _fetcher(ids, vectors)
+    queries = rng.standard_normal((4, 384)).astype(np.float32)
+    assert len(split._chunks) >= 4
+    try:
+        for type in (None, "B"):
+            expected = single.search_batch(queries, 10, type=type, fetch_exact=fetch)
+            assert split.search_batch(queries, 10, type=type, fetch_exact=fetch) == expected
+            assert split.search_batch(queries, 10, type=type) == single.search_batch(
+                queries, 10, type=type
+            )
+    finally:
+        split.close()
+        split.close()  # twice is safe
+
+
 # --- errors ----------------------------------------------------------------------
 
 
@@ -193,6 +219,8 @@ def test_constructor_arguments_are_checked() -> None:
         VectorIndex(0)
     with pytest.raises(ValueError, match="oversample"):
         VectorIndex(3, oversample=0)
+    with pytest.raises(ValueError, match="scan_threads"):
+        VectorIndex(3, scan_threads=0)
 
 
 def test_zero_vector_has_cosine_zero() -> None:

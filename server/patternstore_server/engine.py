@@ -142,7 +142,7 @@ class Engine:
         # Every pattern's posterior, type and expiry in memory (Thompson ranking, pruning),
         # and the vector index of the embeddings; both follow accepted writes.
         self.posteriors = Posteriors()
-        self.vectors = VectorIndex()
+        self.vectors = VectorIndex(scan_threads=settings.query_threads)
         # id -> expiry (ns) of patterns that have one: reads check it.
         self._expiring: dict[str, int] = {}
         # Reads mark patterns active only when idle pruning needs to know.
@@ -216,6 +216,7 @@ class Engine:
         """Stop accepting, commit everything queued, checkpoint. Blocks; safe twice."""
         self._accepting = False
         self._committer.close(timeout)
+        self.vectors.close()
 
     # -- reads -------------------------------------------------------------------------
 

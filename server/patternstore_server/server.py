@@ -24,6 +24,7 @@ from .metrics import SERVICE, Metrics, StateReading
 from .servicer import PatternStoreServicer
 from .sideport import SidePort
 from .storage import ConnectionOptions, ConnectionPool
+from .vector import limit_blas_threads
 
 __all__ = ["DB_NAME", "PatternStoreServer", "create_server", "serve"]
 
@@ -65,6 +66,7 @@ class PatternStoreServer:
 
     async def start(self) -> None:
         s = self.settings
+        limit_blas_threads()
         self.pool = ConnectionPool(
             self.db_path,
             ConnectionOptions(s.synchronous, s.busy_timeout_ms, s.wal_autocheckpoint_pages),

@@ -9,6 +9,7 @@ building a message (GetPatterns frames the cached bytes into its reply by hand).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -38,6 +39,9 @@ _M = TypeVar("_M", bound=Message)
 _Unary = Callable[[bytes], Awaitable[bytes]]
 
 _BACKUP_CHUNK = 1024 * 1024
+# Longest the search batcher waits for the last batch's callers to send their next
+# queries (a local round trip is a fraction of this; a scan of 100,000 rows is ~10 ms).
+_SEARCH_GATHER_S = 0.002
 # (k to fetch, type, min_confidence, exact): searches sharing it can share a scan.
 _SearchKey = tuple[int, str | None, float, bool]
 _PATTERNS_TAG = b"\x0a"  # GetPatternsResponse.patterns: field 1, length-delimited
@@ -83,7 +87,9 @@ class PatternStoreServicer:
         # SearchSimilar requests waiting for the batcher (loop thread only).
         self._search_queue: list[tuple[_SearchKey, np.ndarray, asyncio.Future[Any]]] = []
         self._search_tasks: set[asyncio.Future[None]] = set()
-        self._query_threads = query_threads
+        # Set when ``_search_wanted`` queries wait: ends the batcher's gather pause early.
+        self._search_ready = asyncio.Event()
+        self._search_wanted = 0
         # Calls inside a handler now, and when the last one started (loop thread only):
         # shutdown drains until both say the clients have gone quiet.
         self.in_flight = 0
@@ -325,9 +331,14 @@ class PatternStoreServicer:
         than one), which is how SearchSimilar serves more than one core's worth."""
         fut: asyncio.Future[list[tuple[str, float]]] = asyncio.get_running_loop().create_future()
         self._search_queue.append((key, query, fut))
-        # One batch per query thread at a time: numpy releases the GIL in the scan, so two
-        # batches use both cores while the next requests queue up behind them.
-        if len(self._search_tasks) < self._query_threads:
+        if len(self._search_queue) >= self._search_wanted:
+            self._search_ready.set()
+        # One batch at a time: the index splits its scan over ``query_threads`` threads,
+        # so a batch uses every core while the next requests queue up behind it, and
+        # batches grow (the scan's cost is mostly per batch). Measured with 8 clients
+        # (bench_search.py, same hour): 200-208 queries/s with one batch per thread,
+        # 214-247 with one split batch and the gather pause below.
+        if not self._search_tasks:
             task = asyncio.ensure_future(self._run_searches())
             self._search_tasks.add(task)
             task.add_done_callback(self._search_tasks.discard)
@@ -336,8 +347,21 @@ class PatternStoreServicer:
     async def _run_searches(self) -> None:
         loop = asyncio.get_running_loop()
         index = self._engine.vectors
-        while self._search_queue:
+        last = 0
+        while True:
+            if len(self._search_queue) < last:
+                # The callers of the batch just answered are sending their next queries:
+                # wait (briefly) until as many wait as last time. A scan costs mostly per
+                # batch (the int8 cast) rather than per query, so without the pause the
+                # clients split into two alternating half-size batches.
+                self._search_wanted = last
+                self._search_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._search_ready.wait(), _SEARCH_GATHER_S)
+            if not self._search_queue:
+                return
             batch, self._search_queue = self._search_queue, []
+            last = len(batch)
             groups: dict[_SearchKey, list[tuple[np.ndarray, asyncio.Future[Any]]]] = {}
             for key, query, fut in batch:
                 groups.setdefault(key, []).append((query, fut))

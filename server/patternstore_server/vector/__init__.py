@@ -8,7 +8,7 @@ Pure numpy, no I/O: the server owns the database, the writer thread and the wire
 Layout, invariants and measured figures in DESIGN.md.
 """
 
-from .index import FetchExact, VectorIndex
+from .index import FetchExact, VectorIndex, limit_blas_threads
 from .thompson import thompson_rank
 
-__all__ = ["FetchExact", "VectorIndex", "thompson_rank"]
+__all__ = ["FetchExact", "VectorIndex", "limit_blas_threads", "thompson_rank"]
