@@ -582,7 +582,6 @@ class VectorIndex:
             self._scan_chunks(parts[0], queries_t, slots, bounds, every_row, scores)
             for future in pending:
                 future.result()
-        scores *= self._scale[slots, np.newaxis]
         return np.ascontiguousarray(scores.T)
 
     def _scan_chunks(
@@ -604,7 +603,11 @@ class VectorIndex:
                 codes = chunk[slots[lo:hi] - chunk_index * rows_per_chunk]
             block = self._block(hi - lo)
             np.copyto(block, codes, casting="unsafe")
-            np.dot(block, queries_t, out=scores[lo:hi])
+            out = scores[lo:hi]
+            np.dot(block, queries_t, out=out)
+            # Per-row scales turn code dot products into cosines; applied here while
+            # the rows are in cache, on this run's thread.
+            out *= self._scale[slots[lo:hi], np.newaxis]
 
     def _rescore(
         self,
