@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections import OrderedDict, deque
 from typing import ClassVar, Final
 
@@ -74,6 +75,14 @@ class TinyLFUCache(Cache):
         self._probation: _Order = OrderedDict()
         self._protected: _Order = OrderedDict()
         self._sketch = FrequencySketch(maxsize)
+        # A candidate that cannot win the duel nor reach the hash-flooding guard loses
+        # either way: the sketch stops reading its counters there.
+        self._duel_give_up = self.hashdos_min - 1
+        # The class setting read once: an instance attribute loads faster.
+        self._sampling = self.sample_climber
+        # The fast miss path below is for a cache full by entries (and not used with
+        # the sample climber, which counts every miss).
+        self._fast_from = sys.maxsize if self._sampling else maxsize
         # Cached keys with a dropped hit not yet applied (see the class docstring).
         # Always a subset of the cached keys: a key leaving the cache loses its mark.
         self._marked: set[str] = set()
@@ -114,54 +123,62 @@ class TinyLFUCache(Cache):
         general path, which must decide the same.
         """
         data = self._data
-        if key in data or len(data) < self._maxsize or self.sample_climber:
-            super().__setitem__(key, value)
+        if key in data or len(data) < self._fast_from:
+            self._general_setitem(key, value)
             return
         size = self._getsizeof(value)
         if self._currsize + size > self._max_bytes:
             # (The general path computes the size again: the same function of the
             # same value.)
-            super().__setitem__(key, value)
+            self._general_setitem(key, value)
             return
         if self._reads:
             # The policy must see earlier hits before it picks a victim.
             self._drain_reads()
         sketch = self._sketch
         sketch.increment(key)
+        # Only a window resize can evict (and so make room) before this key's own
+        # eviction below.
+        resized = False
         if key in self._rejected:
             del self._rejected[key]
             self._move_window(1.0)
+            resized = True
         elif key in self._evicted_main:
             del self._evicted_main[key]
             self._move_window(-1.0)
+            resized = True
         window = self._window
         window[key] = None
         data[key] = value
-        self._sizes[key] = size
-        self._currsize += size
-        self._candidate = None
+        sizes = self._sizes
+        sizes[key] = size
         if len(window) <= self._window_max:
             # No candidate (the window grew above): the main region gives up a key.
+            self._currsize += size
             if len(data) > self._maxsize:
                 self._shrink()
             return
         marked = self._marked
-        candidate = self._pop_window() if marked else window.popitem(last=False)[0]
+        # (popitem's argument passed by position: a keyword costs more.)
+        candidate = self._pop_window() if marked else window.popitem(False)[0]
         probation = self._probation
-        if len(data) <= self._maxsize:
+        if resized and len(data) <= self._maxsize:
             # The window shrank above and its evictions made room.
+            self._currsize += size
             probation[candidate] = None
             return
         # The duel: the candidate against probation's oldest key.
         victim = self._probation_head() if marked else next(iter(probation), None)
         if victim is None:
             victim = next(iter(self._protected), None)
-        admitted = False
-        if victim is not None:
-            candidate_freq, victim_freq = sketch.frequencies(candidate, victim)
+        if victim is None:
+            admitted = False
+        else:
+            candidate_freq, victim_freq = sketch.duel(candidate, victim, self._duel_give_up)
             admitted = candidate_freq > victim_freq or (
                 # Caffeine's hash-flooding guard, as in _admit.
-                candidate_freq >= self.hashdos_min and self._rng.random() < 1 / 128
+                candidate_freq > self._duel_give_up and self._rng.random() < 1 / 128
             )
         if admitted:
             assert victim is not None
@@ -179,18 +196,27 @@ class TinyLFUCache(Cache):
             loser = candidate
         ghost[loser] = None
         if len(ghost) > self._ghost_size:
-            ghost.popitem(last=False)
-        self._currsize -= self._sizes.pop(loser)
+            ghost.popitem(False)
+        # One update of the byte count for the insert and the eviction.
+        self._currsize += size - sizes.pop(loser)
         lost = data.pop(loser)
         self.evictions += 1
         if self._on_evict is not None:
             self._on_evict(loser, lost)
 
+    def _general_setitem(self, key: str, value: bytes) -> None:
+        try:
+            super().__setitem__(key, value)
+        finally:
+            # A candidate only faces victims in the write that pushed it out of the
+            # window; cleared here so the fast path above need not.
+            self._candidate = None
+
     # -- policy hooks ----------------------------------------------------------------
 
     def _apply_reads(self, keys: list[str]) -> None:
         self._sketch.increment_many(keys)
-        if self.sample_climber:
+        if self._sampling:
             self._sample_hits += len(keys)
             if self._sample_hits + self._sample_misses >= self._sample_size:
                 self._climb()
@@ -246,7 +272,7 @@ class TinyLFUCache(Cache):
         elif key in self._evicted_main:
             del self._evicted_main[key]
             self._move_window(-1.0)
-        if self.sample_climber:
+        if self._sampling:
             self._sample_misses += 1
             if self._sample_hits + self._sample_misses >= self._sample_size:
                 self._climb()
@@ -367,12 +393,12 @@ class TinyLFUCache(Cache):
                 probation[key] = None
 
     def _admit(self, candidate: str, victim: str) -> bool:
-        candidate_freq, victim_freq = self._sketch.frequencies(candidate, victim)
+        candidate_freq, victim_freq = self._sketch.duel(candidate, victim, self._duel_give_up)
         if candidate_freq > victim_freq:
             return True
         # A frequent candidate that loses may be an attacker's collision on the
         # victim's counters (Caffeine's hash-flooding guard): admit one in 128.
-        return candidate_freq >= self.hashdos_min and self._rng.random() < 1 / 128
+        return candidate_freq > self._duel_give_up and self._rng.random() < 1 / 128
 
     def _set_limits(self) -> None:
         maxsize = self._maxsize
