@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import grpc
@@ -52,6 +54,58 @@ def test_search_finds_the_neighbours_best_first(
     cos = stored @ (query / np.linalg.norm(query))
     assert [x.pattern.id for x in exact.results] == [f"v{i:03d}" for i in np.argsort(-cos)[:10]]
     assert exact.results[0].similarity == pytest.approx(float(cos.max()), abs=1e-5)
+
+
+def test_concurrent_searches_all_complete(server: Any, stored: np.ndarray) -> None:
+    """Many clients searching back to back: every query is answered, none is left in
+    the batcher's queue (a batcher that had just finished once left one there until its
+    deadline, and with every client waiting on it nothing else came to start another)."""
+    failures: list[str] = []
+    answered = 0
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        nonlocal answered
+        with PatternStoreClient(server.target, timeout=10) as c:
+            for i in range(40):
+                try:
+                    r = c.search_similar(stored[(n * 40 + i) % 300].tolist(), k=3)
+                except grpc.RpcError as exc:
+                    failures.append(exc.code().name)  # type: ignore[attr-defined]
+                    return
+                with lock:
+                    answered += len(r.results) == 3
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and answered == 12 * 40
+
+
+def test_a_query_queued_as_the_batcher_finishes_is_answered(
+    server: Any, stored: np.ndarray
+) -> None:
+    """The window the test above hits by chance, made deterministic: a query arrives
+    after the batcher's coroutine has returned but before its task's done-callbacks ran."""
+    servicer = server.server.servicer
+    query = stored[5].astype(np.float32)
+    key = (3, None, 0.0, False)
+
+    async def race() -> bool:
+        await servicer._batched_search(query, key)
+        (task,) = servicer._search_tasks
+        while not task.done():
+            await asyncio.sleep(0)
+        # Done, and its callbacks (queued behind this coroutine) have not run yet.
+        assert task in servicer._search_tasks
+        # Awaited directly (wait_for would start it as a task, after those callbacks).
+        async with asyncio.timeout(5):
+            hits = await servicer._batched_search(query, key)
+        return hits[0][0] == "v005"
+
+    assert server.run(race())
 
 
 def test_filters_apply_before_ranking(client: PatternStoreClient, stored: np.ndarray) -> None:

@@ -87,6 +87,7 @@ class PatternStoreServicer:
         # SearchSimilar requests waiting for the batcher (loop thread only).
         self._search_queue: list[tuple[_SearchKey, np.ndarray, asyncio.Future[Any]]] = []
         self._search_tasks: set[asyncio.Future[None]] = set()
+        self._search_running = False
         # Set when ``_search_wanted`` queries wait: ends the batcher's gather pause early.
         self._search_ready = asyncio.Event()
         self._search_wanted = 0
@@ -338,13 +339,23 @@ class PatternStoreServicer:
         # batches grow (the scan's cost is mostly per batch). Measured with 8 clients
         # (bench_search.py, same hour): 200-208 queries/s with one batch per thread,
         # 214-247 with one split batch and the gather pause below.
-        if not self._search_tasks:
+        if not self._search_running:
+            # A flag the batcher clears itself, not the task set: a task that has
+            # returned stays in the set until its done-callback runs, and a query queued
+            # in between would wait for a batcher that is gone.
+            self._search_running = True
             task = asyncio.ensure_future(self._run_searches())
             self._search_tasks.add(task)
             task.add_done_callback(self._search_tasks.discard)
         return await fut
 
     async def _run_searches(self) -> None:
+        try:
+            await self._run_search_batches()
+        finally:
+            self._search_running = False
+
+    async def _run_search_batches(self) -> None:
         loop = asyncio.get_running_loop()
         index = self._engine.vectors
         last = 0
