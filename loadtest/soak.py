@@ -1,9 +1,10 @@
 """`make soak`: a mixed load for a set time, printing RSS, p99 and WAL size every minute.
 
 A flat line is the goal: memory, latency and the WAL must not grow with time. The load
-is a learning worker's mix (Zipf-distributed reads by id, top-k queries, outcome
-batches, new patterns, a few deletes) from several client threads against a fresh
-server subprocess on a temp database.
+is a learning worker's mix (Zipf-distributed reads by id, top-k queries, Thompson-ranked
+queries, similarity searches, outcome batches, new patterns with embeddings, a few
+deletes) from several client threads against a fresh server subprocess on a temp
+database.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class _Stats:
         return out, errors
 
 
+_DIMS = 64
+
+
+def _embedding(rng: np.random.Generator) -> list[float]:
+    vector = rng.normal(size=_DIMS)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
 def _worker(target: str, n_patterns: int, stop: threading.Event, stats: _Stats, seed: int) -> None:
     rng = random.Random(seed)
     zipf = np.random.default_rng(seed)
@@ -53,13 +62,19 @@ def _worker(target: str, n_patterns: int, stop: threading.Event, stats: _Stats, 
             op = rng.random()
             started = time.perf_counter()
             try:
-                if op < 0.70:
+                if op < 0.65:
                     c.get_pattern(f"s{min(int(zipf.zipf(1.2)) - 1, n_patterns - 1):07d}")
-                elif op < 0.80:
+                elif op < 0.75:
                     ids = [f"s{min(int(z) - 1, n_patterns - 1):07d}" for z in zipf.zipf(1.2, 50)]
                     c.get_patterns(ids)
-                elif op < 0.85:
+                elif op < 0.79:
                     c.query_patterns(f"type{rng.randrange(8)}", limit=20)
+                elif op < 0.81:
+                    c.query_patterns(f"type{rng.randrange(8)}", order_by="thompson", limit=10)
+                elif op < 0.85:
+                    c.search_similar(
+                        _embedding(zipf), k=10, type=f"type{rng.randrange(8)}" if op < 0.83 else ""
+                    )
                 elif op < 0.95:
                     c.update_confidence_batch(
                         [
@@ -76,6 +91,7 @@ def _worker(target: str, n_patterns: int, stop: threading.Event, stats: _Stats, 
                             id=f"n{next_id}",
                             type=f"type{rng.randrange(8)}",
                             data=json.dumps({"i": next_id}).encode(),
+                            embedding=_embedding(zipf),
                         )
                     )
                     next_id += 1
@@ -101,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="patternstore-soak-"))
     server, target, _ = start_patternstore(work, name="data")
     try:
+        seeded = np.random.default_rng(12345)
         with PatternStoreClient(target, timeout=120) as c:
             for lo in range(0, args.patterns, 1000):
                 c.store_patterns(
                     [
                         Pattern(
-                            id=f"s{i:07d}", type=f"type{i % 8}", data=b'{"steps": [1, 2, 3]}' * 10
+                            id=f"s{i:07d}",
+                            type=f"type{i % 8}",
+                            data=b'{"steps": [1, 2, 3]}' * 10,
+                            embedding=_embedding(seeded),
                         )
                         for i in range(lo, min(args.patterns, lo + 1000))
                     ]
