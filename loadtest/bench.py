@@ -42,6 +42,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,32 @@ class Bench:
                 met(ratio, ours),
             )
         )
+
+    def _reads_with_outcomes(
+        self,
+        target: str,
+        body: bytes,
+        count: Callable[[], int],
+        zipf: Zipf,
+        rate: float,
+        batch: int,
+        profiler: _Profiler | None,
+    ) -> tuple[float, float, list[str]]:
+        """GetPattern reads/s while outcomes flow at ``rate``; (reads/s, outcomes/s, errors)."""
+        streamer = _OutcomeStreamer(target, zipf, rate, batch)
+        streamer.start()
+        try:
+            recording: AbstractContextManager[object] = (
+                profiler.record("learning_overhead") if profiler else nullcontext()
+            )
+            with recording:
+                sent0 = streamer.sent
+                t0 = time.perf_counter()
+                reads = self._throughput(target, "GetPattern", body, count, clients=4, streams=32)
+                outcome_rate = (streamer.sent - sent0) / (time.perf_counter() - t0)
+        finally:
+            streamer.stop()
+        return reads, outcome_rate, streamer.errors
 
     def _throughput(
         self,
@@ -607,28 +634,25 @@ class Bench:
                         target, "GetPattern", get_one, ours("GetPattern"), clients=4, streams=32
                     )
                     # Outcomes at a ninth of the read rate are >= 10% of all operations.
-                    streamer = _OutcomeStreamer(target, zipf, alone / 9)
-                    streamer.start()
-                    try:
-                        with profiler.record("learning_overhead"):
-                            sent0 = streamer.sent
-                            t0 = time.perf_counter()
-                            mixed = self._throughput(
-                                target,
-                                "GetPattern",
-                                get_one,
-                                ours("GetPattern"),
-                                clients=4,
-                                streams=32,
-                            )
-                            outcome_rate = (streamer.sent - sent0) / (time.perf_counter() - t0)
-                    finally:
-                        streamer.stop()
+                    # The figure streams them (one RecordOutcomes message each); the same
+                    # rate as UpdateConfidenceBatch calls of 20 is measured beside it.
+                    mixed, outcome_rate, errors = self._reads_with_outcomes(
+                        target, get_one, ours("GetPattern"), zipf, alone / 9, 0, profiler
+                    )
+                    batched, batched_rate, batched_errors = self._reads_with_outcomes(
+                        target, get_one, ours("GetPattern"), zipf, alone / 9, 20, None
+                    )
                     share = outcome_rate / (outcome_rate + mixed) if mixed else 0.0
                     self.notes.append(
                         f"learning_overhead: reads alone {alone:,.0f}/s; with RecordOutcomes "
                         f"at {outcome_rate:,.0f}/s ({share:.0%} of operations) {mixed:,.0f}/s"
-                        + (f"; streamer errors: {streamer.errors}" if streamer.errors else "")
+                        + (f"; streamer errors: {errors}" if errors else "")
+                    )
+                    self.notes.append(
+                        f"learning_overhead: with the outcomes as UpdateConfidenceBatch(20) "
+                        f"calls at {batched_rate:,.0f}/s: {batched:,.0f} reads/s "
+                        f"(ratio {batched / alone if alone else 0:.2f})"
+                        + (f"; errors: {batched_errors}" if batched_errors else "")
                     )
                     self._add(
                         "learning_overhead",
@@ -726,11 +750,17 @@ def _redis_hincr(client: Any, zipf: Zipf, seconds: float) -> float:
 
 
 class _OutcomeStreamer:
-    """RecordOutcomes streams at a steady rate from a background thread (figure 6)."""
+    """Outcomes at a steady rate from a background thread (figure 6).
 
-    def __init__(self, target: str, zipf: Zipf, rate: float) -> None:
+    ``batch = 0``: one RecordOutcomes message per outcome, a stream a second. ``batch =
+    n``: the same outcomes as UpdateConfidenceBatch calls of up to n, each made durable
+    (COMMITTED), which is how a worker reporting many outcomes would send them.
+    """
+
+    def __init__(self, target: str, zipf: Zipf, rate: float, batch: int = 0) -> None:
         self.target = target
         self.zipf = zipf
+        self.batch = batch
         self.rate = max(rate, 1.0)
         self.sent = 0
         self.errors: list[str] = []
@@ -768,10 +798,23 @@ class _OutcomeStreamer:
         with PatternStoreClient(self.target, timeout=60) as c:
             while not self._stop.is_set():
                 try:
-                    c.record_outcomes(self._paced(1.0))
+                    if self.batch:
+                        self._send_batches(c)
+                    else:
+                        c.record_outcomes(self._paced(1.0))
                 except grpc.RpcError as exc:
                     self.errors.append(exc.code().name)
                     time.sleep(0.1)
+
+    def _send_batches(self, c: PatternStoreClient) -> None:
+        pending: list[pb.UpdateConfidenceRequest] = []
+        for update in self._paced(1.0):
+            pending.append(update)
+            if len(pending) >= self.batch:
+                c.update_confidence_batch(pending)
+                pending = []
+        if pending:
+            c.update_confidence_batch(pending)
 
 
 def _machine() -> str:
