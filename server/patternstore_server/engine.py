@@ -42,20 +42,18 @@ from .errors import (
     storage_errors,
 )
 from .flusher import Delete, GroupCommitter, Learn, Op, Put
+from .memory import PatternMemory
 from .model import (
     evidence_of,
-    expires_ns,
     learned_row,
     pattern_row,
     row_to_pattern,
     set_evidence,
     set_ns,
 )
-from .ranking import Posteriors
 from .storage import ConnectionPool
 from .storage import queries as q
 from .storage.blobs import PayloadStore
-from .vector import VectorIndex
 
 __all__ = ["Engine", "OutcomeResult", "StoreResult"]
 
@@ -139,14 +137,8 @@ class Engine:
         # (sequence, future) in sequence order: resolved once that sequence is durable.
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
-        # Every pattern's posterior, type and expiry in memory (Thompson ranking, pruning),
-        # and the vector index of the embeddings; both follow accepted writes.
-        self.posteriors = Posteriors()
-        self.vectors = VectorIndex(scan_threads=settings.query_threads)
-        # id -> expiry (ns) of patterns that have one: reads check it.
-        self._expiring: dict[str, int] = {}
-        # Reads mark patterns active only when idle pruning needs to know.
-        self._track_reads = settings.prune_idle_s > 0
+        # Posteriors, expiry and the vector index of every pattern (memory.py).
+        self.memory = PatternMemory(settings)
         self.pruned = {"expired": 0, "low_confidence": 0, "idle": 0}
         # Outcomes applied, by outcome name: read by the metrics at scrape time.
         self.outcome_counts = dict.fromkeys(_NAMES.values(), 0)
@@ -216,7 +208,7 @@ class Engine:
         """Stop accepting, commit everything queued, checkpoint. Blocks; safe twice."""
         self._accepting = False
         self._committer.close(timeout)
-        self.vectors.close()
+        self.memory.close()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -226,10 +218,11 @@ class Engine:
         An id found in L1 needs no validation (only valid ids are ever stored), so a hit
         costs one lookup; anything else is checked before it reaches SQLite.
         """
-        if self._expiring and self._expired(pid):
+        memory = self.memory
+        if memory.expiring and memory.expired(pid, self._clock()):
             return None
-        if self._track_reads:
-            self.posteriors.touch(pid, self._clock())
+        if memory.track_reads:
+            memory.touch(pid, self._clock())
         data = self._tiers.get(pid)
         if data is not None:
             return data
@@ -251,13 +244,15 @@ class Engine:
     def get_many_serialized(self, ids: Sequence[str]) -> list[bytes | None]:
         """Like get_serialized for each id, with one SQLite statement for all misses."""
         found = self._tiers.get_many(ids)
-        if self._expiring or self._track_reads:
-            self._filter_expired_and_touch(ids, found)
+        memory = self.memory
+        now = self._clock()
+        if memory.expiring or memory.track_reads:
+            memory.screen_reads(ids, found, now)
         if None not in found:
             return found
         misses: dict[str, list[int]] = {}
         for i, pid in enumerate(ids):
-            if found[i] is not None or (self._expiring and self._expired(pid)):
+            if found[i] is not None or (memory.expiring and memory.expired(pid, now)):
                 continue
             validate.check_id(pid, f"ids[{i}]")
             pending = self._pending.get(pid)
@@ -283,7 +278,7 @@ class Engine:
 
         An expired pattern counts as gone: a store recreates it, an outcome finds nothing.
         """
-        if self._expired(pid):
+        if self.memory.expired(pid, self._clock()):
             return None
         pending = self._pending.get(pid)
         if pending is not None:
@@ -361,7 +356,7 @@ class Engine:
             if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds < 0:
                 raise InvalidArgument(f"{field}.expires_at", "is not a valid timestamp")
             new.expires_at.CopyFrom(ts)
-        dims = self.vectors.dims
+        dims = self.memory.vectors.dims
         if p.embedding and dims is not None and len(p.embedding) != dims:
             raise InvalidArgument(
                 f"{field}.embedding",
@@ -421,7 +416,7 @@ class Engine:
             ops.append(Put(seq, state.id, pattern_row(state, seq)))
             self._pending[state.id] = (seq, state)
             self._invalidate(state.id)
-            self._remember_state(state, now)
+            self.memory.remember(state, now)
             results.append(StoreResult(state.id, state.version, seq, state.version == 1))
         self._pending_patterns += len(ops)
         await self._submit(ops, durable)
@@ -498,11 +493,7 @@ class Engine:
         self._pending[u.id] = (seq, state)
         self._invalidate(u.id)
         ops.append(Learn(seq, u.id, learned_row(state, seq), u.request_id))
-        self.posteriors.learn(
-            u.id, state.alpha, state.beta, state.confidence, state.usage_count, now
-        )
-        if state.embedding:
-            self.vectors.update_meta(u.id, confidence=state.confidence)
+        self.memory.learned(state, now)
         self.outcome_counts[_NAMES[u.outcome]] += 1
         if u.request_id:
             self._remember(u.request_id, _Remembered(u.id, seq, state.confidence))
@@ -729,74 +720,18 @@ class Engine:
         return self._clock()
 
     @property
-    def has_expiring(self) -> bool:
-        return bool(self._expiring)
-
-    @property
     def prune_batch(self) -> int:
         return self._settings.prune_batch
 
-    def _expired(self, pid: str) -> bool:
-        exp = self._expiring.get(pid)
-        return exp is not None and exp <= self._clock()
-
-    def _filter_expired_and_touch(self, ids: Sequence[str], found: list[bytes | None]) -> None:
-        now = self._clock()
-        for i, pid in enumerate(ids):
-            if self._track_reads:
-                self.posteriors.touch(pid, now)
-            exp = self._expiring.get(pid)
-            if exp is not None and exp <= now:
-                found[i] = None
-
-    def _remember_state(self, state: pb.Pattern, now: int) -> None:
-        exp = expires_ns(state)
-        if exp:
-            self._expiring[state.id] = exp
-        else:
-            self._expiring.pop(state.id, None)
-        self.posteriors.set(
-            state.id,
-            state.type,
-            state.alpha,
-            state.beta,
-            state.confidence,
-            state.usage_count,
-            exp,
-            now,
-        )
-        if state.embedding:
-            vector = np.asarray(state.embedding, dtype=np.float32)
-            self.vectors.upsert(state.id, vector, state.type, state.confidence)
-        elif state.id in self.vectors:
-            self.vectors.remove(state.id)
-
     def _forget(self, pid: str) -> None:
         self._recent.pop(pid, None)
-        self._expiring.pop(pid, None)
-        self.posteriors.remove(pid)
-        self.vectors.remove(pid)
+        self.memory.forget(pid)
 
     def load_memory(self) -> tuple[int, float]:
         """Build the posteriors and the vector index from SQLite (at start, before SERVING)."""
         started = time.perf_counter()
-        rows = self._pool.query("load_memory", q.SELECT_MEMORY)
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        types: list[str] = []
-        confidences: list[float] = []
-        for pid, ptype, alpha, beta, conf, usage, exp, active, emb in rows:
-            self.posteriors.set(pid, ptype, alpha, beta, conf, usage, exp, active)
-            if exp:
-                self._expiring[pid] = exp
-            if emb:
-                ids.append(pid)
-                vectors.append(embedding_codec.decode(emb))
-                types.append(ptype)
-                confidences.append(conf)
-        if ids:
-            self.vectors.upsert_many(ids, np.stack(vectors), types, confidences)
-        return len(rows), time.perf_counter() - started
+        loaded = self.memory.load(self._pool.query("load_memory", q.SELECT_MEMORY))
+        return loaded, time.perf_counter() - started
 
     def embeddings_for(self, ids: Sequence[str]) -> np.ndarray:
         """float32 embeddings of ``ids`` (rows of zeros for unknown ones), for exact rescoring.
@@ -804,7 +739,7 @@ class Engine:
         Runs on a query thread: the newest accepted state comes from the pending map, the
         rest from SQLite.
         """
-        dims = self.vectors.dims or 0
+        dims = self.memory.vectors.dims or 0
         out = np.zeros((len(ids), dims), dtype=np.float32)
         from_db: list[tuple[int, str]] = []
         for i, pid in enumerate(ids):
@@ -826,8 +761,7 @@ class Engine:
         return out
 
     def thompson_ids(self, ptype: str, min_confidence: float, count: int, seed: int) -> list[str]:
-        rng = np.random.default_rng(seed if seed else None)
-        return self.posteriors.thompson(ptype, min_confidence, self._clock(), count, rng)
+        return self.memory.thompson_ids(ptype, min_confidence, self._clock(), count, seed)
 
     async def prune(self, dry_run: bool, limit: int) -> tuple[dict[str, list[str]], int]:
         """Delete (or list) what the pruning settings and expiry say should go.
@@ -838,7 +772,8 @@ class Engine:
         s = self._settings
         now = self._clock()
         idle_before = now - round(s.prune_idle_s * 1e9) if s.prune_idle_s > 0 else 0
-        found = self.posteriors.prunable(
+        posteriors = self.memory.posteriors
+        found = posteriors.prunable(
             now, s.prune_below_confidence, s.prune_min_evidence, idle_before
         )
         taken: dict[str, list[str]] = {}
@@ -858,7 +793,7 @@ class Engine:
                 chunk = [
                     pid
                     for pid in ids[lo : lo + _PRUNE_CHUNK]
-                    if self.posteriors.qualifies(
+                    if posteriors.qualifies(
                         pid,
                         why,
                         now,
@@ -916,7 +851,7 @@ class Engine:
         From memory: a count(*) over SQLite scans the table, tens of ms at 1M rows, and
         GetStats runs on the event loop thread.
         """
-        return len(self.posteriors)
+        return len(self.memory)
 
 
 def _meta(conn: apsw.Connection, key: str) -> int:

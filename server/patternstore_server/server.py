@@ -129,7 +129,7 @@ class PatternStoreServer:
         log.info(
             "loaded %d posteriors and %d embeddings in %.2f s",
             loaded,
-            len(self.engine.vectors),
+            len(self.engine.memory.vectors),
             seconds,
         )
         warmed, seconds = await loop.run_in_executor(None, self.engine.warm, s.warm_count)
@@ -206,8 +206,8 @@ class PatternStoreServer:
             codec_bytes_out=dict(e.blobs.bytes_out),
             dictionaries=len(self.pool.dictionaries),
             pruned=dict(e.pruned),
-            vectors=len(e.vectors),
-            vector_bytes=e.vectors.memory_bytes(),
+            vectors=len(e.memory.vectors),
+            vector_bytes=e.memory.vectors.memory_bytes(),
         )
 
     async def stop(self, grace: float | None = None) -> None:

@@ -281,7 +281,7 @@ class PatternStoreServicer:
 
     async def search_similar(self, raw: bytes) -> bytes:
         req = _parse(pb.SearchSimilarRequest, raw)
-        index = self._engine.vectors
+        index = self._engine.memory.vectors
         if not req.embedding:
             raise InvalidArgument("embedding", "must not be empty")
         if index.dims is not None and len(req.embedding) != index.dims:
@@ -301,7 +301,7 @@ class PatternStoreServicer:
         if index.dims is None:
             return b""
         # Expired patterns stay in the index until pruned: ask for a few more.
-        fetch = k * 2 if self._engine.has_expiring else k
+        fetch = k * 2 if self._engine.memory.expiring else k
 
         try:
             hits = await self._batched_search(
@@ -316,7 +316,7 @@ class PatternStoreServicer:
             if data is not None
         ][:k]
         if req.order_by == pb.ORDER_BY_THOMPSON and found:
-            alpha, beta = self._engine.posteriors.params([pid for pid, _, _ in found])
+            alpha, beta = self._engine.memory.posteriors.params([pid for pid, _, _ in found])
             rng = np.random.default_rng(req.seed or None)
             order = np.argsort(-rng.beta(alpha, beta), kind="stable")
             found = [found[i] for i in order]
@@ -357,7 +357,7 @@ class PatternStoreServicer:
 
     async def _run_search_batches(self) -> None:
         loop = asyncio.get_running_loop()
-        index = self._engine.vectors
+        index = self._engine.memory.vectors
         last = 0
         while True:
             if len(self._search_queue) < last:

@@ -1,0 +1,131 @@
+"""What the server keeps in memory about every stored pattern, besides the caches.
+
+Three views, all following accepted writes (not commits, so a reply never disagrees
+with the next read) and all rebuilt from SQLite at start:
+
+- ``posteriors``: each pattern's Beta posterior, type, usage, expiry and last activity
+  (Thompson ranking and pruning read them without a SQLite read per candidate);
+- ``vectors``: the similarity index of the embeddings;
+- ``expiring``: id -> expiry (ns) of the patterns that have one, which every read checks.
+
+Owned by the engine and touched on the event loop thread only, except the vector
+index, whose searches run on query threads under its own lock (vector/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from patternstore.v1 import patternstore_pb2 as pb
+
+from .codecs import embedding as embedding_codec
+from .config import Settings
+from .model import expires_ns
+from .ranking import Posteriors
+from .vector import VectorIndex
+
+__all__ = ["PatternMemory"]
+
+
+class PatternMemory:
+    def __init__(self, settings: Settings) -> None:
+        self.posteriors = Posteriors()
+        self.vectors = VectorIndex(scan_threads=settings.query_threads)
+        # Empty in the common case, so a read pays one truth test for expiry.
+        self.expiring: dict[str, int] = {}
+        # Reads mark patterns active only when idle pruning needs to know.
+        self.track_reads = settings.prune_idle_s > 0
+
+    def __len__(self) -> int:
+        return len(self.posteriors)
+
+    def close(self) -> None:
+        self.vectors.close()
+
+    def expired(self, pid: str, now_ns: int) -> bool:
+        exp = self.expiring.get(pid)
+        return exp is not None and exp <= now_ns
+
+    def touch(self, pid: str, now_ns: int) -> None:
+        """A read of ``pid``: not idle (only tracked when idle pruning is on)."""
+        if self.track_reads:
+            self.posteriors.touch(pid, now_ns)
+
+    def screen_reads(self, ids: Sequence[str], found: list[bytes | None], now_ns: int) -> None:
+        """Touch every id read, and blank what ``found`` holds for expired ones."""
+        posteriors = self.posteriors if self.track_reads else None
+        expiring = self.expiring
+        for i, pid in enumerate(ids):
+            if posteriors is not None:
+                posteriors.touch(pid, now_ns)
+            exp = expiring.get(pid)
+            if exp is not None and exp <= now_ns:
+                found[i] = None
+
+    def remember(self, state: pb.Pattern, now_ns: int) -> None:
+        """A stored (new or replaced) pattern."""
+        exp = expires_ns(state)
+        if exp:
+            self.expiring[state.id] = exp
+        else:
+            self.expiring.pop(state.id, None)
+        self.posteriors.set(
+            state.id,
+            state.type,
+            state.alpha,
+            state.beta,
+            state.confidence,
+            state.usage_count,
+            exp,
+            now_ns,
+        )
+        if state.embedding:
+            vector = np.asarray(state.embedding, dtype=np.float32)
+            self.vectors.upsert(state.id, vector, state.type, state.confidence)
+        elif state.id in self.vectors:
+            self.vectors.remove(state.id)
+
+    def learned(self, state: pb.Pattern, now_ns: int) -> None:
+        """An outcome changed ``state``'s posterior."""
+        self.posteriors.learn(
+            state.id, state.alpha, state.beta, state.confidence, state.usage_count, now_ns
+        )
+        if state.embedding:
+            self.vectors.update_meta(state.id, confidence=state.confidence)
+
+    def forget(self, pid: str) -> None:
+        """A deleted (or pruned) pattern."""
+        self.expiring.pop(pid, None)
+        self.posteriors.remove(pid)
+        self.vectors.remove(pid)
+
+    def load(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Fill every view from ``SELECT_MEMORY`` rows (at start, before SERVING)."""
+        count = 0
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        types: list[str] = []
+        confidences: list[float] = []
+        for pid, ptype, alpha, beta, conf, usage, exp, active, emb in rows:
+            count += 1
+            self.posteriors.set(pid, ptype, alpha, beta, conf, usage, exp, active)
+            if exp:
+                self.expiring[pid] = exp
+            if emb:
+                ids.append(pid)
+                vectors.append(embedding_codec.decode(emb))
+                types.append(ptype)
+                confidences.append(conf)
+        if ids:
+            # One quantisation pass for the whole index instead of one per row.
+            self.vectors.upsert_many(ids, np.stack(vectors), types, confidences)
+        return count
+
+    def thompson_ids(
+        self, ptype: str, min_confidence: float, now_ns: int, count: int, seed: int
+    ) -> list[str]:
+        """The first ``count`` candidates by one posterior draw each (``seed`` 0: random)."""
+        rng = np.random.default_rng(seed if seed else None)
+        return self.posteriors.thompson(ptype, min_confidence, now_ns, count, rng)
