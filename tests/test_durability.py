@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import apsw
 import grpc
-from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient, RetryPolicy
+from patternstore import (
+    DURABILITY_QUEUED,
+    Pattern,
+    PatternStoreClient,
+    RetryPolicy,
+    update_request,
+)
 
+from .conftest import RunningServer
 from .proc import ServerProcess
 
 
@@ -117,3 +125,31 @@ def test_sigterm_drains_queued_writes(tmp_path: Path) -> None:
             assert c.get_stats().patterns == 200
     finally:
         restarted.close()
+
+
+def test_a_committed_call_that_writes_nothing_still_makes_earlier_writes_durable(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A COMMITTED reply makes the caller's earlier QUEUED writes durable, whatever the
+    call itself wrote: the chaos test once lost QUEUED outcomes acknowledged by a batch
+    whose ids were all unknown, which the server had answered without waiting."""
+    # A slow group commit keeps the QUEUED writes in the queue when the call arrives.
+    server = start_server(max_delay_ms=300.0, max_batch=10_000)
+    engine = server.server.engine
+    with PatternStoreClient(server.target, timeout=10) as c:
+        c.store_pattern(Pattern(id="known", type="t"))
+        calls: list[Callable[[], object]] = [
+            lambda: c.update_confidence_batch([update_request("unknown", "success")]),
+            lambda: c.store_patterns([]),
+            lambda: c.update_confidence("known", "success", request_id="once"),
+        ]
+        for call in calls:
+            queued = c.update_confidence("known", "failure", durability=DURABILITY_QUEUED)
+            assert server.call(lambda: engine.durable_sequence) < queued.sequence
+            call()
+            assert server.call(lambda: engine.durable_sequence) >= queued.sequence
+        # The duplicate of "once" (already durable) still waits for the newer QUEUED write.
+        queued = c.update_confidence("known", "failure", durability=DURABILITY_QUEUED)
+        again = c.update_confidence("known", "success", request_id="once")
+        assert again.duplicate
+        assert server.call(lambda: engine.durable_sequence) >= queued.sequence

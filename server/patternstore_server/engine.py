@@ -379,6 +379,7 @@ class Engine:
         """Store one or more patterns atomically: all are accepted or none is."""
         self._admit(len(requests))
         if not requests:
+            await self._submit([], durable)
             return []
         now = self._clock()
         states: list[pb.Pattern] = []
@@ -510,9 +511,8 @@ class Engine:
         result = self._accept_outcome(u, self._clock(), "", ops)
         if ops:
             self._pending_updates += 1
-            await self._submit(ops, durable)
-        elif durable:
-            await self.wait_durable(result.sequence)
+        # A duplicate adds no op; _submit still waits (see there).
+        await self._submit(ops, durable)
         return result
 
     async def update_batch(
@@ -523,21 +523,13 @@ class Engine:
         now = self._clock()
         ops: list[Op] = []
         results: list[OutcomeResult | PatternStoreError] = []
-        newest_duplicate = 0
         for i, u in enumerate(updates):
             try:
-                r = self._accept_outcome(u, now, f"updates[{i}].", ops)
+                results.append(self._accept_outcome(u, now, f"updates[{i}].", ops))
             except PatternStoreError as exc:
                 results.append(exc)
-                continue
-            if r.duplicate:
-                newest_duplicate = max(newest_duplicate, r.sequence)
-            results.append(r)
-        if ops:
-            self._pending_updates += len(ops)
-            await self._submit(ops, durable)
-        elif durable and newest_duplicate:
-            await self.wait_durable(newest_duplicate)
+        self._pending_updates += len(ops)
+        await self._submit(ops, durable)
         return results
 
     def accept_streamed(self, u: pb.UpdateConfidenceRequest, index: int) -> OutcomeResult:
@@ -562,11 +554,19 @@ class Engine:
         self._committer.submit(ops)
 
     async def _submit(self, ops: list[Op], durable: bool) -> None:
-        if not ops:
-            return
-        self._enqueue(ops)
+        """Queue ``ops``; with ``durable``, return once they and every write accepted
+        before them are committed.
+
+        A COMMITTED call that queues nothing (every item NOT_FOUND or a duplicate, an
+        empty StorePatterns) still waits for everything accepted before it: a client
+        counts any COMMITTED reply as making its earlier QUEUED writes durable (README),
+        and the chaos test caught a batch of unknown ids answered at once while the
+        caller's QUEUED outcomes were still in the queue, then lost to a kill -9.
+        """
+        if ops:
+            self._enqueue(ops)
         if durable:
-            await self.wait_durable(ops[-1].sequence)
+            await self.wait_durable()
 
     # -- durability --------------------------------------------------------------------
 
