@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from patternstore import (
@@ -137,3 +138,27 @@ def test_warming_fills_the_caches_before_serving(start_server: Any, clock: FakeC
         c.get_pattern("p7")  # the most used pattern was warmed: a hit, not a miss
         l1_after = {t.tier: t for t in c.get_stats().caches}["l1"]
         assert l1_after.hits == l1.hits + 1
+
+
+def test_l2_is_a_victim_tier_exclusive_of_l1() -> None:
+    from patternstore_server.cache import make_cache
+    from patternstore_server.cache.tiers import PatternTiers
+
+    l2 = CompressedCache(max_bytes=1 << 20, ttl_s=60, timer=Timer())
+    l1 = make_cache("lru", max_entries=2, max_bytes=1 << 20, on_evict=l2.put)
+    tiers = PatternTiers(l1, l2)
+    value = {k: k.encode() * 50 for k in ("a", "b", "c")}
+    for key in ("a", "b"):
+        tiers.fill(key, value[key])
+    assert len(l2) == 0  # a fill goes to L1 only
+    tiers.fill("c", value["c"])  # evicts "a" (LRU) into L2
+    assert "a" in l2 and "a" not in l1
+    assert tiers.get("a") == value["a"]  # an L2 hit moves "a" back to L1 ...
+    assert "a" in l1 and "a" not in l2
+    assert "b" in l2  # ... and L1's new victim takes its place in L2
+    assert all((k in l1) != (k in l2) for k in value)  # each held exactly once
+    # Larger than all of L1: L2 holds it compressed, if it shrinks enough to fit.
+    tiers.fill("big", b"x" * (2 << 20))
+    assert "big" in l2 and "big" not in l1
+    tiers.fill("noise", os.urandom(2 << 20))
+    assert "noise" not in tiers

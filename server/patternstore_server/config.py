@@ -88,8 +88,8 @@ class Settings:
     l1_max_entries: int = _setting(100_000, "L1 cache capacity in patterns")
     l1_max_bytes: int = _setting(256 * 1024 * 1024, "L1 cache capacity in serialised bytes")
     grpc_metrics: str = _setting(
-        "on", "per-call grpc_server_* metrics; off exists to measure what they cost",
-        ("on", "off"))
+        "on", "per-call grpc_server_* metrics; off exists to measure what they cost", ("on", "off")
+    )
     slow_query_ms: float = _setting(100.0, "SQLite reads slower than this count as slow queries")
     l2_max_bytes: int = _setting(
         64 * 1024 * 1024, "L2 (zstd-compressed patterns) capacity in compressed bytes; 0 disables"

@@ -32,11 +32,11 @@ class CompressedCache:
         self.ttl_s = ttl_s
         self._timer = timer
         self._encoder = payload.PayloadEncoder(level=level)
-        # key -> (expires at, compressed value), oldest insertion first.
-        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # key -> (expires at, compressed value, decompressed size), oldest insertion
+        # first. One tuple an entry: a side dict of sizes cost ~100 bytes an entry more.
+        self._data: OrderedDict[str, tuple[float, bytes, int]] = OrderedDict()
         self.currsize = 0
         self.raw_bytes = 0  # what the entries held occupy decompressed, for the ratio
-        self._raw_sizes: dict[str, int] = {}
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -67,10 +67,9 @@ class CompressedCache:
             return
         if key in self._data:
             self._remove(key)
-        self._data[key] = (self._timer() + self.ttl_s, blob)
+        self._data[key] = (self._timer() + self.ttl_s, blob, len(value))
         self.currsize += len(blob)
         self.raw_bytes += len(value)
-        self._raw_sizes[key] = len(value)
         self._shrink()
 
     def discard(self, key: str) -> None:
@@ -79,7 +78,6 @@ class CompressedCache:
 
     def clear(self) -> None:
         self._data.clear()
-        self._raw_sizes.clear()
         self.currsize = self.raw_bytes = 0
 
     def purge_expired(self) -> int:
@@ -87,7 +85,7 @@ class CompressedCache:
         now = self._timer()
         n = 0
         while self._data:
-            key, (expires, _) = next(iter(self._data.items()))
+            key, (expires, _, _) = next(iter(self._data.items()))
             if expires > now:
                 break
             self._remove(key)
@@ -103,6 +101,6 @@ class CompressedCache:
             self.evictions += 1
 
     def _remove(self, key: str) -> None:
-        _, blob = self._data.pop(key)
+        _, blob, raw_size = self._data.pop(key)
         self.currsize -= len(blob)
-        self.raw_bytes -= self._raw_sizes.pop(key)
+        self.raw_bytes -= raw_size

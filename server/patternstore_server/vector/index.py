@@ -434,9 +434,7 @@ class VectorIndex:
             cut = [len(busy) * part // runs for part in range(runs + 1)]
             parts = [busy[cut[part] : cut[part + 1]] for part in range(runs)]
             pending = [
-                helpers.submit(
-                    self._scan_chunks, part, queries_t, slots, bounds, every_row, scores
-                )
+                helpers.submit(self._scan_chunks, part, queries_t, slots, bounds, every_row, scores)
                 for part in parts[1:]
             ]
             self._scan_chunks(parts[0], queries_t, slots, bounds, every_row, scores)
