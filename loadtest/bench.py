@@ -330,9 +330,10 @@ class Bench:
         rate: float,
         batch: int,
         profiler: _Profiler | None,
+        id_offset: int = 0,
     ) -> tuple[float, float, list[str]]:
         """GetPattern reads/s while outcomes flow at ``rate``; (reads/s, outcomes/s, errors)."""
-        streamer = _OutcomeStreamer(target, zipf, rate, batch)
+        streamer = _OutcomeStreamer(target, zipf, rate, batch, id_offset)
         streamer.start()
         try:
             recording: AbstractContextManager[object] = (
@@ -642,11 +643,21 @@ class Bench:
                     batched, batched_rate, batched_errors = self._reads_with_outcomes(
                         target, get_one, ours("GetPattern"), zipf, alone / 9, 20, None
                     )
+                    # The control: the same stream of unknown ids (NOT_FOUND, nothing
+                    # written) separates the stream's transport from applying outcomes.
+                    control, control_rate, _ = self._reads_with_outcomes(
+                        target, get_one, ours("GetPattern"), zipf, alone / 9, 0, None, 10 * n
+                    )
                     share = outcome_rate / (outcome_rate + mixed) if mixed else 0.0
                     self.notes.append(
                         f"learning_overhead: reads alone {alone:,.0f}/s; with RecordOutcomes "
                         f"at {outcome_rate:,.0f}/s ({share:.0%} of operations) {mixed:,.0f}/s"
                         + (f"; streamer errors: {errors}" if errors else "")
+                    )
+                    self.notes.append(
+                        f"learning_overhead: control, the same stream at {control_rate:,.0f}/s "
+                        f"of unknown ids (NOT_FOUND, nothing written): {control:,.0f} reads/s "
+                        f"(ratio {control / alone if alone else 0:.2f})"
                     )
                     self.notes.append(
                         f"learning_overhead: with the outcomes as UpdateConfidenceBatch(20) "
@@ -757,10 +768,15 @@ class _OutcomeStreamer:
     (COMMITTED), which is how a worker reporting many outcomes would send them.
     """
 
-    def __init__(self, target: str, zipf: Zipf, rate: float, batch: int = 0) -> None:
+    def __init__(
+        self, target: str, zipf: Zipf, rate: float, batch: int = 0, id_offset: int = 0
+    ) -> None:
         self.target = target
         self.zipf = zipf
         self.batch = batch
+        # A control: ids past the loaded ones are NOT_FOUND, so the server does all of
+        # an outcome's transport and checks but writes nothing.
+        self.id_offset = id_offset
         self.rate = max(rate, 1.0)
         self.sent = 0
         self.errors: list[str] = []
@@ -789,7 +805,9 @@ class _OutcomeStreamer:
                 if r is None:
                     ids = iter(self.zipf.sample(4096))
                     r = next(ids)
-                yield pb.UpdateConfidenceRequest(id=pattern_id(r), outcome=OUTCOMES[r % 3])
+                yield pb.UpdateConfidenceRequest(
+                    id=pattern_id(r + self.id_offset), outcome=OUTCOMES[r % 3]
+                )
                 emitted += 1
                 self.sent += 1
             time.sleep(0.002)
