@@ -56,6 +56,7 @@ def test_lower_bound_ordering_prefers_evidence(client: PatternStoreClient) -> No
     client.update_confidence_batch(
         [update_request("proven", "success")] * 30 + [update_request("proven", "failure")] * 10
     )
+    client.flush()  # the ordering follows outcomes within rank_interval_ms; Flush: at once
     conf = [p.id for p in client.query_patterns("t").patterns]
     lb = [p.id for p in client.query_patterns("t", order_by=ORDER_BY_LOWER_BOUND).patterns]
     assert conf == ["lucky", "proven"]  # 0.75 > 31/42

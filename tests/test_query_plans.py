@@ -37,5 +37,22 @@ def test_query_plan_uses_the_ordering_index(
     pool.close()
     assert "TEMP B-TREE" not in plan, plan
     assert "SCAN blobs" not in plan, plan
-    index = ("patterns_type_" if typed else "patterns_") + order
+    index = ("patterns_type_" if typed else "patterns_") + q.ORDER_COLUMNS[order]
     assert index in plan, plan
+
+
+def test_no_index_covers_a_column_an_outcome_rewrites(tmp_path: Path) -> None:
+    # An outcome's UPDATE must not touch an index (the ranks are copied lazily): with the
+    # ordering indexes on the learned columns, one outcome rewrote ~17 pages.
+    pool = ConnectionPool(tmp_path / "p.db", ConnectionOptions())
+    conn = pool.writer()
+    indexes = [row[0] for row in conn.execute("SELECT name FROM pragma_index_list('patterns')")]
+    covered = {
+        row[0]
+        for name in indexes
+        for row in conn.execute("SELECT name FROM pragma_index_info(?)", (name,))
+    }
+    pool.close()
+    assert len(indexes) >= 8
+    assert not covered & set(q.LEARNED_FIELDS), covered & set(q.LEARNED_FIELDS)
+    assert set(q.RANKS) <= covered

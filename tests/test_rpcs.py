@@ -220,6 +220,8 @@ def test_query_orderings_ties_and_filters(client: PatternStoreClient, clock: Fak
     clock.advance(1)
     client.update_confidence("c", "failure")
     ids = lambda **kw: [p.id for p in client.query_patterns(**kw).patterns]  # noqa: E731
+    # Outcomes reach the ordering within rank_interval_ms; a Flush brings it up to date.
+    client.flush()
     assert ids(type="x") == ["b", "a", "c"]
     assert ids() == ["b", "a", "d", "c"]  # ties (0.5) by id
     assert ids(order_by="usage") == ["b", "c", "a", "d"]

@@ -99,6 +99,11 @@ class Settings:
     l3_max_staleness_ms: float = _setting(
         1000.0, "a cached BOUNDED query may lag confidence changes by at most this long"
     )
+    rank_interval_ms: float = _setting(
+        500.0,
+        "QueryPatterns orders by confidence, usage and recency copied at most this long "
+        "after an outcome commits (at once for stores, STRONG queries and Flush)",
+    )
     warm_count: int = _setting(
         10_000, "patterns loaded into L1/L2 at start (most used, then most trusted)"
     )
@@ -207,6 +212,7 @@ def _check(s: Settings) -> None:
         "max_batch": s.max_batch >= 1,
         "max_queue": s.max_queue >= 1,
         "max_delay_ms": s.max_delay_ms >= 0,
+        "rank_interval_ms": s.rank_interval_ms >= 0,
         "learning_rate": s.learning_rate > 0,
     }
     bad = [name for name, ok in problems.items() if not ok]

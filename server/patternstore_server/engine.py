@@ -41,7 +41,7 @@ from .errors import (
     VersionConflict,
     storage_errors,
 )
-from .flusher import Delete, GroupCommitter, Learn, Op, Put
+from .flusher import Delete, GroupCommitter, Learn, Op, Put, Rank
 from .memory import PatternMemory
 from .model import (
     evidence_of,
@@ -168,6 +168,10 @@ class Engine:
                 writer.execute(
                     q.META_SET, ("sequence_reserved", self._sequence_floor + self._max_queue)
                 )
+            # Outcomes an earlier run committed but had not copied to the ranks yet (a
+            # crash; a clean stop copies them): one scan, before any query runs.
+            with writer:
+                writer.execute(q.RERANK_STALE)
             for rid, pid, seq, conf in reversed(
                 list(writer.execute(q.LOAD_OUTCOME_REQUESTS, (settings.dedup_window,)))
             ):
@@ -187,6 +191,7 @@ class Engine:
             reserve_gap=self._max_queue,
             dedup_window=settings.dedup_window,
             checkpoint_pages=settings.wal_autocheckpoint_pages,
+            rank_interval_s=settings.rank_interval_ms / 1000.0,
             on_commit=self._committed_from_writer,
         )
         self._committer.on_degraded = self._degraded_from_writer
@@ -582,6 +587,18 @@ class Engine:
             await fut
         return self.durable_sequence
 
+    async def wait_ranked(self) -> int:
+        """Like wait_durable() for everything accepted so far, and also until QueryPatterns
+        orders by its effects: the writer copies pending learned values to the ranks in
+        the transaction that commits this request (a STRONG query, a Flush)."""
+        if self._failure is not None:
+            raise StorageError(f"a commit failed: {self._failure}")
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._enqueue([Rank(fut)])
+        await fut
+        return self.durable_sequence
+
     def pending_counts(self) -> tuple[int, int]:
         """(stores and deletes, outcomes) accepted but not yet committed."""
         return self._pending_patterns, self._pending_updates
@@ -634,8 +651,12 @@ class Engine:
     ) -> None:
         n_patterns = n_updates = 0
         touched: set[str] = set()
+        ranked: list[asyncio.Future[None]] = []
         for group in groups:
             for op in group:
+                if isinstance(op, Rank):
+                    ranked.append(op.waiter)
+                    continue
                 if isinstance(op, Learn):
                     n_updates += 1
                 else:
@@ -651,16 +672,22 @@ class Engine:
             # Again at commit: a BOUNDED reply computed from SQLite between the accept and
             # the commit of a store must not outlive the commit.
             self.l3.invalidate(touched)
-        self._pending_ops -= n_patterns + n_updates
+        self._pending_ops -= n_patterns + n_updates + len(ranked)
         self._pending_patterns -= n_patterns
         self._pending_updates -= n_updates
         if error is not None:
             self._fail(error)
+            for fut in ranked:
+                if not fut.done():
+                    fut.set_exception(StorageError(f"a commit failed: {error}"))
             return
         self.durable_sequence = max(self.durable_sequence, last)
         waiters = self._waiters
         while waiters and waiters[0][0] <= self.durable_sequence:
             _, fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        for fut in ranked:
             if not fut.done():
                 fut.set_result(None)
 

@@ -7,6 +7,13 @@ group is never split across transactions. Every op carries its sequence number; 
 are committed in submission order, so "committed up to sequence S" means every op with
 a sequence <= S is on disk.
 
+An outcome (``Learn``) rewrites only a pattern's learned columns, which no index covers.
+QueryPatterns orders by *rank* copies of them (storage.queries.RANKS); the writer copies
+the learned values of every pattern with outcomes since the last copy in one transaction
+at most ``rank_interval_s`` after the first such outcome (idle or not), or in the next
+transaction when a ``Rank`` op asks (a STRONG query, a Flush). A store writes its ranks
+itself. The set of patterns to rerank is cleared only once its transaction commits.
+
 After each transaction ``on_commit(groups, last_sequence, error)`` is called from this
 thread. Once a transaction fails, nothing after it is applied (later ops may have been
 derived from the failed state); their groups are reported with the same error.
@@ -28,7 +35,7 @@ from .errors import StorageError, storage_errors
 from .storage import queries as q
 from .storage.blobs import PayloadStore
 
-__all__ = ["Delete", "GroupCommitter", "Learn", "Op", "Put"]
+__all__ = ["Delete", "GroupCommitter", "Learn", "Op", "Put", "Rank"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,20 @@ class Delete:
     type: str  # of the deleted pattern: the query cache invalidates by type
 
 
-Op = Put | Learn | Delete
+@dataclass(frozen=True, slots=True)
+class Rank:
+    """Copy every pending learned value to the ranks in the transaction holding this op.
+
+    Carries no sequence (it writes no pattern); ``waiter`` is the acceptor's, returned
+    untouched through ``on_commit``.
+    """
+
+    waiter: Any = None
+    sequence: int = 0
+    id: str = ""
+
+
+Op = Put | Learn | Delete | Rank
 # Faults that go away without a restart: the writer retries the batch until they do.
 _TRANSIENT = (
     apsw.BusyError,
@@ -88,6 +108,7 @@ class GroupCommitter:
         reserve_gap: int,
         dedup_window: int,
         checkpoint_pages: int = 4000,
+        rank_interval_s: float = 0.5,
         on_commit: CommitCallback,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -99,6 +120,12 @@ class GroupCommitter:
         self._dedup_window = dedup_window
         self._on_commit = on_commit
         self._checkpoint_pages = checkpoint_pages
+        self._rank_interval_s = rank_interval_s
+        # Ids with outcomes committed or being committed whose ranks are not copied yet,
+        # and when the first of them arrived. Writer thread only.
+        self._unranked: dict[str, None] = {}
+        self._unranked_since = 0.0
+        self.reranked = 0  # ranks copied, read by the metrics
         self._wal_pages = 0
         # The hook replaces SQLite's autocheckpoint: we checkpoint ourselves, after the
         # commit is reported, so waiters never wait for a checkpoint, and we count them.
@@ -162,7 +189,14 @@ class GroupCommitter:
             while not self._groups:
                 if self._closing:
                     return None
-                self._cond.wait()
+                if self._unranked and self._failure is None:
+                    # Idle with ranks to copy: an empty batch copies them when due.
+                    wait = self._unranked_since + self._rank_interval_s - self._monotonic()
+                    if wait <= 0:
+                        return []
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
             deadline = self._monotonic() + self._max_delay_s
             while self._queued_ops < self._max_batch and not self._closing:
                 remaining = deadline - self._monotonic()
@@ -188,11 +222,15 @@ class GroupCommitter:
             error = self._failure
             if error is None:
                 error = self._commit_retrying(batch, last)
-            self._on_commit(batch, last, error)
+            if batch or error is not None:
+                self._on_commit(batch, last, error)
             if error is None:
                 self._train_if_due()
             if error is None and self._wal_pages >= self._checkpoint_pages:
                 self._checkpoint(apsw.SQLITE_CHECKPOINT_PASSIVE)
+        if self._failure is None and self._unranked:
+            # Closing: copy the last ranks now rather than at the next start.
+            self._commit_retrying([[Rank()]], 0)
         if self._failure is None:
             self._checkpoint(apsw.SQLITE_CHECKPOINT_TRUNCATE)
 
@@ -235,11 +273,12 @@ class GroupCommitter:
     def _commit(self, batch: list[Sequence[Op]], last: int) -> None:
         started = time.perf_counter()
         conn = self._conn
-        n = 0
+        n = reranked = 0
         with storage_errors("committing a batch"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                n = self._apply(conn, batch)
+                n, rank_now = self._apply(conn, batch)
+                reranked = self._rerank(conn, rank_now)
                 if last:
                     self._record_sequences(conn, last)
                 if self.batches % _PRUNE_EVERY == 0:
@@ -249,6 +288,11 @@ class GroupCommitter:
                 if not conn.getautocommit():
                     conn.execute("ROLLBACK")
                 raise
+        if reranked:
+            self._unranked.clear()
+            self.reranked += reranked
+        if not batch:
+            return  # a rerank alone: not a batch of writes
         elapsed = time.perf_counter() - started
         self.batches += 1
         self.items += n
@@ -263,8 +307,20 @@ class GroupCommitter:
         # sequence a lost queued write was given.
         conn.execute(q.META_SET, ("sequence_reserved", last + self._reserve_gap))
 
-    def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> int:
+    def _rerank(self, conn: apsw.Connection, forced: bool) -> int:
+        """Copy learned values to the ranks if due (or ``forced``); how many patterns."""
+        unranked = self._unranked
+        if not unranked:
+            return 0
+        if not forced and self._monotonic() - self._unranked_since < self._rank_interval_s:
+            return 0
+        # In id order: the lookups walk the primary key's B-tree forward.
+        conn.executemany(q.RERANK, [(pid,) for pid in sorted(unranked)])
+        return len(unranked)
+
+    def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> tuple[int, bool]:
         """Execute the ops in order; runs of outcomes go through one executemany.
+        Returns how many ops, and whether a Rank op asks for the ranks now.
 
         Stores and deletes run one by one: each reads the blob reference the previous
         op on the same id may have just changed.
@@ -273,6 +329,8 @@ class GroupCommitter:
         run_kind: type | None = None
         run: list[tuple[Any, ...]] = []
         remembered: list[tuple[str, str, int, float]] = []
+        unranked = self._unranked
+        rank_now = False
         n = 0
 
         def flush_run() -> None:
@@ -294,17 +352,22 @@ class GroupCommitter:
                     run_kind = kind
                 if isinstance(op, Learn):
                     run.append((*op.row, op.id))
+                    if not unranked:
+                        self._unranked_since = self._monotonic()
+                    unranked[op.id] = None
                     if op.request_id:
                         remembered.append((op.request_id, op.id, op.sequence, op.row[0]))
                 elif isinstance(op, Put):
                     conn.execute(q.UPSERT_PATTERN, blobs.put_row(conn, op.row))
+                elif isinstance(op, Rank):
+                    rank_now = True
                 else:
                     blobs.delete_row(conn, op.id)
                     conn.execute(q.DELETE_PATTERN, (op.id,))
         flush_run()
         if remembered:
             conn.executemany(q.INSERT_OUTCOME_REQUEST, remembered)
-        return n
+        return n, rank_now
 
     def _train_if_due(self) -> None:
         # After the commit was reported: waiters never wait for a training.

@@ -234,7 +234,8 @@ class PatternStoreServicer:
         l3 = self._engine.l3
         key = spec.cache_key()
         if req.consistency == pb.CONSISTENCY_STRONG:
-            await self._engine.wait_durable()
+            # Every acknowledged write, committed and reflected in the ordering ranks.
+            await self._engine.wait_ranked()
         else:
             cached = l3.get(key)
             if cached is not None:
@@ -547,7 +548,8 @@ class PatternStoreServicer:
     async def flush(self, raw: bytes) -> bytes:
         _parse(pb.FlushRequest, raw)
         patterns, updates = self._engine.pending_counts()
-        durable = await self._engine.wait_durable()
+        # A Flush also brings the QueryPatterns ordering up to date.
+        durable = await self._engine.wait_ranked()
         return pb.FlushResponse(
             durable_sequence=durable, patterns_written=patterns, updates_applied=updates
         ).SerializeToString()

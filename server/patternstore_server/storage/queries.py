@@ -13,6 +13,9 @@ __all__ = [
     "ORDER_COLUMNS",
     "PATTERN_FIELDS",
     "PRUNE_OUTCOME_REQUESTS",
+    "RANKS",
+    "RERANK",
+    "RERANK_STALE",
     "SELECT_EMBEDDINGS_IN",
     "SELECT_MEMORY",
     "SELECT_PATTERN",
@@ -69,11 +72,32 @@ PATTERN_FIELDS = (
     "expires_ns",
 )
 
+# The rank columns QueryPatterns orders by, and the learned column each copies. An
+# outcome changes only the learned columns (no index); the writer copies them to the
+# ranks later in one statement per pattern (RERANK), a store at once (UPSERT_PATTERN).
+RANKS = {
+    "rank_confidence": "confidence",
+    "rank_usage": "usage_count",
+    "rank_updated": "updated_ns",
+    "rank_lower_bound": "lower_bound",
+}
+
+# Numbered parameters: a store's ranks reuse its learned values' parameters.
+_PARAMS = {c: f"?{i}" for i, c in enumerate(PATTERN_FIELDS, start=1)}
+_STORED = {**{c: _PARAMS[c] for c in PATTERN_FIELDS}, **{r: _PARAMS[c] for r, c in RANKS.items()}}
 UPSERT_PATTERN = (
-    f"INSERT INTO patterns ({', '.join(PATTERN_FIELDS)}) "
-    f"VALUES ({', '.join('?' * len(PATTERN_FIELDS))}) "
+    f"INSERT INTO patterns ({', '.join(_STORED)}) "
+    f"VALUES ({', '.join(_STORED.values())}) "
     f"ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in PATTERN_FIELDS if c != "id")
+    + ", ".join(f"{c} = excluded.{c}" for c in _STORED if c != "id")
+)
+
+_COPY_RANKS = ", ".join(f"{r} = {c}" for r, c in RANKS.items())
+# Parameter: the id.
+RERANK = f"UPDATE patterns SET {_COPY_RANKS} WHERE id = ?"
+# At start: ranks an earlier run committed outcomes for but had not copied yet.
+RERANK_STALE = f"UPDATE patterns SET {_COPY_RANKS} WHERE " + " OR ".join(
+    f"{r} != {c}" for r, c in RANKS.items()
 )
 
 # An outcome rewrites only the learned columns: the payload blobs stay where they are.
@@ -87,8 +111,11 @@ SELECT_MEMORY = (
 )
 SELECT_EMBEDDINGS_IN = "SELECT id, embedding FROM patterns WHERE id IN ({})"
 
-# Start-up warming: the most used patterns, then the most trusted (index patterns_usage).
-SELECT_WARM = f"SELECT {COLUMNS} {FROM_PATTERNS} ORDER BY usage_count DESC, confidence DESC LIMIT ?"
+# Start-up warming: the most used patterns, then the most trusted (index
+# patterns_rank_usage; the ranks are current at start, see RERANK_STALE).
+SELECT_WARM = (
+    f"SELECT {COLUMNS} {FROM_PATTERNS} ORDER BY rank_usage DESC, rank_confidence DESC LIMIT ?"
+)
 
 DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
 
@@ -111,12 +138,12 @@ DELETE FROM outcome_requests WHERE sequence <= (
 META_GET = "SELECT value FROM meta WHERE key = ?"
 META_SET = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
-# QueryPatterns orderings: the column, always descending, ties by id ascending.
+# QueryPatterns orderings: the rank column, always descending, ties by id ascending.
 ORDER_COLUMNS = {
-    "confidence": "confidence",
-    "usage": "usage_count",
-    "recent": "updated_ns",
-    "lower_bound": "lower_bound",
+    "confidence": "rank_confidence",
+    "usage": "rank_usage",
+    "recent": "rank_updated",
+    "lower_bound": "rank_lower_bound",
 }
 
 
@@ -124,12 +151,12 @@ def _build_query(column: str, typed: bool, after: bool) -> str:
     # The unary + keeps SQLite from picking an index for a filter column: it must walk
     # the index of the ordering column (or sort every match of a type in a temp B-tree:
     # 3-7 s at 1M patterns, found by profiling the bench's query mix).
-    confidence = "confidence" if column == "confidence" else "+confidence"
     # Expired patterns are invisible from their expiry on, deleted later by the pruner.
-    where = [
-        f"{confidence} >= :min_confidence",
-        "(+expires_ns = 0 OR +expires_ns > :now)",
-    ]
+    where = ["+confidence >= :min_confidence", "(+expires_ns = 0 OR +expires_ns > :now)"]
+    if column == "rank_confidence":
+        # The rank bounds the index walk; the current confidence decides. A pattern whose
+        # confidence just rose past the minimum appears once its rank follows.
+        where.append("rank_confidence >= :min_confidence")
     if typed:
         where.append("type = :type")
     if after:
