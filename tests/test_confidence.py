@@ -123,3 +123,62 @@ def test_a_batch_equals_one_at_a_time(
         score = {"success": 1.0, "failure": 0.0, "partial": 0.5}[o]
         e = apply_outcome(e, score, w or 1.0, t.ToNanoseconds(), p)
     assert (a.alpha, a.beta, a.confidence) == (e.alpha, e.beta, e.confidence)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    alpha=st.floats(0.01, 1e6),
+    beta=st.floats(0.01, 1e6),
+    confidence=st.floats(0.0, 1.0),
+    counts=st.tuples(*[st.integers(0, 10**9)] * 3),
+    last_s=st.one_of(st.just(0), st.integers(1, 4_000_000_000)),
+    score=st.sampled_from([0.0, 0.5, 1.0]),
+    weight=st.floats(0.01, 1000.0),
+    dt_s=st.integers(-10_000, 10**8),
+    model=st.sampled_from(["beta", "ema"]),
+)
+def test_the_servers_in_place_learn_matches_apply_outcome(
+    alpha: float,
+    beta: float,
+    confidence: float,
+    counts: tuple[int, int, int],
+    last_s: int,
+    score: float,
+    weight: float,
+    dt_s: int,
+    model: str,
+) -> None:
+    # model.learn is the event loop's fused form of the contract's apply_outcome: the
+    # same bits in the message and in the learned row, for both models.
+    from patternstore.v1 import patternstore_pb2 as pb
+    from patternstore_server.model import (
+        evidence_of,
+        learn,
+        learned_row,
+        set_evidence,
+        set_ns,
+    )
+
+    params = ModelParams(model=model)
+    p = pb.Pattern(
+        id="p",
+        alpha=alpha,
+        beta=beta,
+        confidence=confidence,
+        usage_count=counts[0],
+        success_count=counts[1],
+        failure_count=counts[2],
+        version=7,
+    )
+    if last_s:
+        p.last_outcome_at.seconds = last_s
+    t_ns = max(1, last_s + dt_s) * 10**9 + 123
+    now = t_ns + 5
+    expected = pb.Pattern()
+    expected.CopyFrom(p)
+    set_evidence(expected, apply_outcome(evidence_of(expected), score, weight, t_ns, params))
+    set_ns(expected.updated_at, now)
+    expected.version += 1
+    row = learn(p, score, weight, t_ns, now, 42, params)
+    assert p == expected
+    assert row == learned_row(expected, 42)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Evidence", "ModelParams", "apply_outcome", "lower_bound", "prior"]
+__all__ = ["Evidence", "ModelParams", "apply_outcome", "lower_bound", "prior", "step"]
 
 # One-sided 95% normal quantile, as the contract fixes it.
 _Z95 = 1.6448536269514722
@@ -43,20 +43,41 @@ def prior(p: ModelParams) -> Evidence:
     return Evidence(p.prior_alpha, p.prior_beta, p.prior_alpha / (p.prior_alpha + p.prior_beta))
 
 
-def apply_outcome(e: Evidence, score: float, weight: float, t_ns: int, p: ModelParams) -> Evidence:
-    """Apply one outcome (score 1.0 success, 0.0 failure, 0.5 partial) observed at t_ns."""
-    dt = 0.0 if e.last_outcome_ns == 0 else max(0.0, (t_ns - e.last_outcome_ns) / 1e9)
+def step(
+    alpha: float,
+    beta: float,
+    confidence: float,
+    last_outcome_ns: int,
+    score: float,
+    weight: float,
+    t_ns: int,
+    p: ModelParams,
+) -> tuple[float, float, float]:
+    """The new (alpha, beta, confidence) after one outcome: the contract's arithmetic.
+
+    Scalars in, scalars out, so the server's hot path (``model.learn``) and
+    ``apply_outcome`` run the very same operations.
+    """
+    dt = 0.0 if last_outcome_ns == 0 else max(0.0, (t_ns - last_outcome_ns) / 1e9)
     k = p.decay_factor ** (dt / p.decay_period_s)
-    alpha = p.prior_alpha + (e.alpha - p.prior_alpha) * k
-    beta = p.prior_beta + (e.beta - p.prior_beta) * k
+    alpha = p.prior_alpha + (alpha - p.prior_alpha) * k
+    beta = p.prior_beta + (beta - p.prior_beta) * k
     alpha += weight * score
     beta += weight * (1 - score)
     if p.model == "ema":
         # The original system's moving average: decay toward 0.5, then step toward s.
-        c = 0.5 + (e.confidence - 0.5) * k
+        c = 0.5 + (confidence - 0.5) * k
         confidence = c + min(1.0, p.learning_rate * weight) * (score - c)
     else:
         confidence = alpha / (alpha + beta)
+    return alpha, beta, confidence
+
+
+def apply_outcome(e: Evidence, score: float, weight: float, t_ns: int, p: ModelParams) -> Evidence:
+    """Apply one outcome (score 1.0 success, 0.0 failure, 0.5 partial) observed at t_ns."""
+    alpha, beta, confidence = step(
+        e.alpha, e.beta, e.confidence, e.last_outcome_ns, score, weight, t_ns, p
+    )
     return Evidence(
         alpha=alpha,
         beta=beta,

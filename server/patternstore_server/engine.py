@@ -26,7 +26,7 @@ from . import validate
 from .cache.l3 import QueryCache
 from .cache.tiers import PatternTiers
 from .codecs import embedding as embedding_codec
-from .confidence import ModelParams, apply_outcome, prior
+from .confidence import ModelParams, prior
 from .config import Settings
 from .errors import (
     AlreadyExists,
@@ -45,7 +45,7 @@ from .flusher import Delete, GroupCommitter, Learn, Op, Put, Rank
 from .memory import PatternMemory
 from .model import (
     evidence_of,
-    learned_row,
+    learn,
     pattern_row,
     row_to_pattern,
     set_evidence,
@@ -492,18 +492,17 @@ class Engine:
         state = self._current(u.id)
         if state is None:
             raise NotFound(f"pattern {u.id!r} does not exist")
-        set_evidence(state, apply_outcome(evidence_of(state), score, weight, t_ns, self._params))
-        set_ns(state.updated_at, now)
-        state.version += 1
         seq = self._next_sequence()
+        row = learn(state, score, weight, t_ns, now, seq, self._params)
         self._pending[u.id] = (seq, state)
         self._invalidate(u.id)
-        ops.append(Learn(seq, u.id, learned_row(state, seq), u.request_id))
-        self.memory.learned(state, now)
+        ops.append(Learn(seq, u.id, row, u.request_id))
+        confidence = row[0]
+        self.memory.learned(u.id, row, now, bool(state.embedding))
         self.outcome_counts[_NAMES[u.outcome]] += 1
         if u.request_id:
-            self._remember(u.request_id, _Remembered(u.id, seq, state.confidence))
-        return OutcomeResult(state.confidence, seq, False)
+            self._remember(u.request_id, _Remembered(u.id, seq, confidence))
+        return OutcomeResult(confidence, seq, False)
 
     def _remember(self, request_id: str, answer: _Remembered) -> None:
         self._remembered[request_id] = answer

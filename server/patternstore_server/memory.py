@@ -87,13 +87,16 @@ class PatternMemory:
         elif state.id in self.vectors:
             self.vectors.remove(state.id)
 
-    def learned(self, state: pb.Pattern, now_ns: int) -> None:
-        """An outcome changed ``state``'s posterior."""
-        self.posteriors.learn(
-            state.id, state.alpha, state.beta, state.confidence, state.usage_count, now_ns
-        )
-        if state.embedding:
-            self.vectors.update_meta(state.id, confidence=state.confidence)
+    def learned(
+        self, pid: str, row: Sequence[Any], now_ns: int, has_embedding: bool
+    ) -> None:
+        """An outcome changed ``pid``'s posterior; ``row`` is its learned row
+        (storage.queries.LEARNED_FIELDS order: confidence, lower bound, alpha, beta,
+        usage, ...)."""
+        confidence, _, alpha, beta, usage = row[:5]
+        self.posteriors.learn(pid, alpha, beta, confidence, usage, now_ns)
+        if has_embedding:
+            self.vectors.update_meta(pid, confidence=confidence)
 
     def forget(self, pid: str) -> None:
         """A deleted (or pruned) pattern."""
