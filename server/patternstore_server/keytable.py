@@ -49,7 +49,9 @@ class KeyTable:
         self._live = 0
         self._arena = bytearray()
         self._garbage = 0  # arena bytes of removed ids, reclaimed by _compact
-        self._start = array("q")
+        # Arena offsets as uint32 (4 GiB of ids, some 250M patterns): 4 bytes a slot less
+        # than int64; past that, appending raises OverflowError rather than wrapping.
+        self._start = array("I")
         self._length = array("H")
 
     def __len__(self) -> int:
