@@ -153,3 +153,36 @@ def test_a_committed_call_that_writes_nothing_still_makes_earlier_writes_durable
         again = c.update_confidence("known", "success", request_id="once")
         assert again.duplicate
         assert server.call(lambda: engine.durable_sequence) >= queued.sequence
+
+
+def test_queued_writes_wait_for_queued_delay_unless_someone_waits(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    # A batch only QUEUED writes wait in stays open for queued_delay_ms; a COMMITTED
+    # call, a Flush or a stream's end closes it at max_delay_ms.
+    srv = start_server(max_delay_ms=1.0, queued_delay_ms=60_000.0)
+    with PatternStoreClient(srv.target) as c:
+        r = c.store_pattern(Pattern(id="q", type="t"), durability=DURABILITY_QUEUED)
+        time.sleep(0.3)
+        assert c.get_stats().durable_sequence < r.sequence  # still in the open batch
+        t0 = time.monotonic()
+        c.store_pattern(Pattern(id="c", type="t"))  # COMMITTED: closes the batch now
+        assert time.monotonic() - t0 < 5.0
+        assert c.get_stats().durable_sequence >= r.sequence
+        r = c.store_pattern(Pattern(id="q2", type="t"), durability=DURABILITY_QUEUED)
+        time.sleep(0.1)
+        assert c.get_stats().durable_sequence < r.sequence
+        assert c.flush().durable_sequence >= r.sequence  # a Flush closes it too
+        # A stream's own outcomes are QUEUED; its end waits for them, promptly.
+        t0 = time.monotonic()
+        reply = c.record_outcomes([update_request("q", "success")] * 3)
+        assert time.monotonic() - t0 < 5.0
+        assert reply.accepted == 3 and reply.durable_sequence >= r.sequence + 3
+    srv.stop()
+    srv = start_server(max_delay_ms=1.0, queued_delay_ms=50.0)
+    with PatternStoreClient(srv.target) as c:
+        r = c.store_pattern(Pattern(id="q", type="t"), durability=DURABILITY_QUEUED)
+        deadline = time.monotonic() + 10
+        while c.get_stats().durable_sequence < r.sequence:  # committed with nobody asking
+            assert time.monotonic() < deadline
+            time.sleep(0.01)

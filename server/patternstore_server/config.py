@@ -46,6 +46,11 @@ class Settings:
     )
     max_batch: int = _setting(1000, "a group commit closes at this many queued writes")
     max_delay_ms: float = _setting(2.0, "... or this long after its first write, whichever first")
+    queued_delay_ms: float = _setting(
+        20.0,
+        "... or this long when only QUEUED writes wait in it (no caller waits for the "
+        "commit): fewer, larger transactions; the most a QUEUED write can lag",
+    )
     max_queue: int = _setting(
         100_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED"
     )
@@ -212,6 +217,7 @@ def _check(s: Settings) -> None:
         "max_batch": s.max_batch >= 1,
         "max_queue": s.max_queue >= 1,
         "max_delay_ms": s.max_delay_ms >= 0,
+        "queued_delay_ms": s.queued_delay_ms >= 0,
         "rank_interval_ms": s.rank_interval_ms >= 0,
         "learning_rate": s.learning_rate > 0,
     }

@@ -188,6 +188,7 @@ class Engine:
             self.blobs,
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000.0,
+            queued_delay_s=settings.queued_delay_ms / 1000.0,
             reserve_gap=self._max_queue,
             dedup_window=settings.dedup_window,
             checkpoint_pages=settings.wal_autocheckpoint_pages,
@@ -543,7 +544,8 @@ class Engine:
         result = self._accept_outcome(u, self._clock(), f"message {index}: ", ops)
         if ops:
             self._pending_updates += 1
-            self._enqueue(ops)
+            # Not urgent: the stream's end (or a later COMMITTED call) waits for it.
+            self._enqueue(ops, urgent=False)
         return result
 
     @property
@@ -553,9 +555,9 @@ class Engine:
     def _invalidate(self, pid: str) -> None:
         self._tiers.invalidate(pid)
 
-    def _enqueue(self, ops: list[Op]) -> None:
+    def _enqueue(self, ops: list[Op], urgent: bool) -> None:
         self._pending_ops += len(ops)
-        self._committer.submit(ops)
+        self._committer.submit(ops, urgent)
 
     async def _submit(self, ops: list[Op], durable: bool) -> None:
         """Queue ``ops``; with ``durable``, return once they and every write accepted
@@ -568,7 +570,7 @@ class Engine:
         caller's QUEUED outcomes were still in the queue, then lost to a kill -9.
         """
         if ops:
-            self._enqueue(ops)
+            self._enqueue(ops, urgent=durable)
         if durable:
             await self.wait_durable()
 
@@ -581,6 +583,8 @@ class Engine:
             raise StorageError(f"a commit failed: {self._failure}")
         if target > self.durable_sequence:
             assert self._loop is not None
+            # QUEUED writes may sit in a lazy batch (queued_delay_ms): close it sooner.
+            self._committer.hurry()
             fut: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append((target, fut))
             await fut
@@ -594,7 +598,7 @@ class Engine:
             raise StorageError(f"a commit failed: {self._failure}")
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._enqueue([Rank(fut)])
+        self._enqueue([Rank(fut)], urgent=True)
         await fut
         return self.durable_sequence
 

@@ -3,9 +3,11 @@
 Writes arrive as *groups* (a list of ops that must commit together, e.g. one
 StorePatterns call). A batch opens with the first queued group and closes at
 ``max_batch`` ops or ``max_delay`` seconds after it opened, whichever comes first; a
-group is never split across transactions. Every op carries its sequence number; groups
-are committed in submission order, so "committed up to sequence S" means every op with
-a sequence <= S is on disk.
+group is never split across transactions. When nobody waits for the batch (every group
+in it was submitted as not urgent, i.e. QUEUED, and no ``hurry()`` came), it may stay
+open for ``queued_delay`` instead: fewer, larger transactions for streamed outcomes.
+Every op carries its sequence number; groups are committed in submission order, so
+"committed up to sequence S" means every op with a sequence <= S is on disk.
 
 An outcome (``Learn``) rewrites only a pattern's learned columns, which no index covers.
 QueryPatterns orders by *rank* copies of them (storage.queries.RANKS); the writer copies
@@ -105,6 +107,7 @@ class GroupCommitter:
         *,
         max_batch: int,
         max_delay_s: float,
+        queued_delay_s: float = 0.0,
         reserve_gap: int,
         dedup_window: int,
         checkpoint_pages: int = 4000,
@@ -116,6 +119,7 @@ class GroupCommitter:
         self._blobs = blobs
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
+        self._queued_delay_s = max(max_delay_s, queued_delay_s)
         self._reserve_gap = reserve_gap
         self._dedup_window = dedup_window
         self._on_commit = on_commit
@@ -131,8 +135,10 @@ class GroupCommitter:
         # commit is reported, so waiters never wait for a checkpoint, and we count them.
         conn.set_wal_hook(self._wal_hook)
         self._monotonic = monotonic
-        # Guards _groups, _queued_ops, _closing. The writer thread waits on it.
+        # Guards _groups, _queued_ops, _urgent, _closing. The writer thread waits on it.
         self._cond = threading.Condition(threading.Lock())
+        # Someone waits for what is queued: close the open batch at max_delay.
+        self._urgent = False
         self._groups: deque[Sequence[Op]] = deque()
         self._queued_ops = 0
         self._closing = False
@@ -154,16 +160,29 @@ class GroupCommitter:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, group: Sequence[Op]) -> None:
+    def submit(self, group: Sequence[Op], urgent: bool = True) -> None:
+        """Queue ``group``; ``urgent``: its caller waits for the commit (COMMITTED)."""
         with self._cond:
             if self._closing:
                 raise StorageError("the writer is closed")
             was_empty = not self._groups
             self._groups.append(group)
             self._queued_ops += len(group)
-            # Wake the writer only when it has something new to decide: a batch to open
-            # or a full batch to close. A wake-up per write would cost a GIL hand-off each.
-            if was_empty or self._queued_ops >= self._max_batch:
+            # Wake the writer only when it has something new to decide: a batch to open,
+            # a full batch to close, or a lazy batch to close sooner. A wake-up per write
+            # would cost a GIL hand-off each.
+            wake = was_empty or self._queued_ops >= self._max_batch
+            if urgent and not self._urgent:
+                self._urgent = wake = True
+            if wake:
+                self._cond.notify()
+
+    def hurry(self) -> None:
+        """Someone now waits for what is queued: close the open batch at max_delay."""
+        with self._cond:
+            # Nothing queued: what the caller waits for is in the commit under way.
+            if self._groups and not self._urgent:
+                self._urgent = True
                 self._cond.notify()
 
     @property
@@ -197,9 +216,10 @@ class GroupCommitter:
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
-            deadline = self._monotonic() + self._max_delay_s
+            opened = self._monotonic()
             while self._queued_ops < self._max_batch and not self._closing:
-                remaining = deadline - self._monotonic()
+                delay = self._max_delay_s if self._urgent else self._queued_delay_s
+                remaining = opened + delay - self._monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -210,6 +230,9 @@ class GroupCommitter:
                 batch.append(group)
                 taken += len(group)
             self._queued_ops -= taken
+            # Groups left behind (a full batch) may hold an urgent one: keep the flag.
+            if not self._groups:
+                self._urgent = False
             return batch
 
     def _run(self) -> None:
