@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,9 @@ class Plan:
     seconds: float  # measured seconds per throughput figure
     mix_seconds: float
     quick: bool
+    # Alternating rounds per compared pair (ours, baseline): the figure is each side's
+    # median. One run each drifted 15% between runs minutes apart on this shared box.
+    rounds: int = 3
 
 
 def _free_port() -> int:
@@ -321,6 +325,41 @@ class Bench:
             )
         )
 
+    def _paired(
+        self,
+        name: str,
+        ours: Callable[[], float],
+        base: Callable[[], float] | None,
+        profile: Callable[[], AbstractContextManager[object]] | None = None,
+        base_first: bool = False,
+    ) -> tuple[float, float | None]:
+        """(median of ours, median of base) over ``plan.rounds`` alternating rounds.
+
+        Rounds go ours-base, base-ours, ... (base-ours first with ``base_first``), so a
+        drift in the machine's load over the figure falls on both sides alike; every
+        round's figures go into the notes.
+        ``profile`` (py-spy) wraps only the first run of ours.
+        """
+        mine: list[float] = []
+        theirs: list[float] = []
+
+        def run_ours() -> None:
+            recording = profile() if profile and not mine else nullcontext()
+            with recording:
+                mine.append(ours())
+
+        for i in range(self.plan.rounds):
+            steps = [run_ours] if base is None else [run_ours, lambda: theirs.append(base())]
+            for step in steps if (i % 2 == 0) != base_first else steps[::-1]:
+                step()
+        if self.plan.rounds > 1:
+            rounds = ", ".join(
+                f"{a:,.0f}" + (f"/{b:,.0f} ({a / b:.2f})" if b else "")
+                for a, b in zip(mine, theirs or [0.0] * len(mine), strict=True)
+            )
+            self.notes.append(f"{name}: rounds (ours/baseline): {rounds}")
+        return statistics.median(mine), statistics.median(theirs) if theirs else None
+
     def _reads_with_outcomes(
         self,
         target: str,
@@ -471,12 +510,15 @@ class Bench:
                     self._skip("get_unary", "calls/s", goal, "h2load missing")
                 else:
                     assert baseline is not None
-                    with profiler.record("get_unary"):
-                        peak = self._throughput(
+                    peak, base_rps = self._paired(
+                        "get_unary",
+                        lambda: self._throughput(
                             target, "GetPattern", get_one, ours("GetPattern"), clients=4, streams=32
-                        )
-                    base_rps = self._throughput(
-                        f"127.0.0.1:{bport}", "GetPattern", get_one, base, clients=4, streams=32
+                        ),
+                        lambda: self._throughput(
+                            f"127.0.0.1:{bport}", "GetPattern", get_one, base, clients=4, streams=32
+                        ),
+                        lambda: profiler.record("get_unary"),
                     )
                     if self._wanted("get_unary"):
                         self._add(
@@ -495,31 +537,40 @@ class Bench:
                     self._skip("get_batch_100", "patterns/s", goal, "h2load missing")
                 else:
                     body = frame(pb.GetPatternsRequest(ids=hot))
-                    with profiler.record("get_batch_100"):
-                        our_rps = self._throughput(
+                    our_rps, batch_base = self._paired(
+                        "get_batch_100 (calls/s)",
+                        lambda: self._throughput(
                             target, "GetPatterns", body, ours("GetPatterns"), clients=4, streams=8
-                        )
-                    base_rps = self._throughput(
-                        f"127.0.0.1:{bport}", "GetPatterns", body, base, clients=4, streams=8
+                        ),
+                        lambda: self._throughput(
+                            f"127.0.0.1:{bport}", "GetPatterns", body, base, clients=4, streams=8
+                        ),
+                        lambda: profiler.record("get_batch_100"),
                     )
+                    assert batch_base is not None
                     self._add(
                         "get_batch_100",
                         "patterns/s",
                         our_rps * 100,
-                        base_rps * 100,
+                        batch_base * 100,
                         goal,
                         lambda r, o: r is not None and r >= 0.9 and o >= 250_000,
                     )
 
             # 3. The same from one Python process: our client vs redis-py MGET.
             if self._wanted("py_client_batch_vs_redis"):
-                with profiler.record("py_client_batch_vs_redis"):
-                    our_pps = _py_get_batch(target, hot, plan.seconds)
-                redis_pps = None
-                if store is not None:
-                    keys = [f"blob:{i}" for i in range(len(blobs))]
-                    store.client.mset(dict(zip(keys, blobs, strict=True)))
-                    redis_pps = _redis_mget(store.client, keys, plan.seconds)
+                keys = [f"blob:{i}" for i in range(len(blobs))]
+                redis_client = None if store is None else store.client
+                if redis_client is not None:
+                    redis_client.mset(dict(zip(keys, blobs, strict=True)))
+                our_pps, redis_pps = self._paired(
+                    "py_client_batch_vs_redis",
+                    lambda: _py_get_batch(target, hot, plan.seconds),
+                    None
+                    if redis_client is None
+                    else lambda: _redis_mget(redis_client, keys, plan.seconds),
+                    lambda: profiler.record("py_client_batch_vs_redis"),
+                )
                 self._add(
                     "py_client_batch_vs_redis",
                     "patterns/s",
@@ -631,15 +682,47 @@ class Bench:
                 if not self.has_h2load:
                     self._skip("learning_overhead", "reads/s", goal, "h2load missing")
                 else:
-                    alone = self._throughput(
-                        target, "GetPattern", get_one, ours("GetPattern"), clients=4, streams=32
-                    )
                     # Outcomes at a ninth of the read rate are >= 10% of all operations.
                     # The figure streams them (one RecordOutcomes message each); the same
                     # rate as UpdateConfidenceBatch calls of 20 is measured beside it.
-                    mixed, outcome_rate, errors = self._reads_with_outcomes(
-                        target, get_one, ours("GetPattern"), zipf, alone / 9, 0, profiler
+                    # Each round's stream runs at a ninth of the last reads-alone figure.
+                    alones: list[float] = []
+                    streamed: list[tuple[float, float, list[str]]] = []
+
+                    def reads_alone() -> float:
+                        alones.append(
+                            self._throughput(
+                                target,
+                                "GetPattern",
+                                get_one,
+                                ours("GetPattern"),
+                                clients=4,
+                                streams=32,
+                            )
+                        )
+                        return alones[-1]
+
+                    def reads_streaming() -> float:
+                        streamed.append(
+                            self._reads_with_outcomes(
+                                target,
+                                get_one,
+                                ours("GetPattern"),
+                                zipf,
+                                alones[-1] / 9,
+                                0,
+                                profiler if not streamed else None,
+                            )
+                        )
+                        return streamed[-1][0]
+
+                    mixed, alone_median = self._paired(
+                        "learning_overhead (reads/s)", reads_streaming, reads_alone, base_first=True
                     )
+                    assert alone_median is not None
+                    alone = alone_median
+                    outcome_rate = statistics.median(r[1] for r in streamed)
+                    errors = [e for r in streamed for e in r[2]]
                     batched, batched_rate, batched_errors = self._reads_with_outcomes(
                         target, get_one, ours("GetPattern"), zipf, alone / 9, 20, None
                     )
@@ -900,6 +983,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per figure")
     parser.add_argument("--mix-seconds", type=float, default=20.0, help="Zipf mix before RssAnon")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of ours and the baseline per compared figure (medians)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run of the harness (< 60 s; tiny sizes, figures meaningless)",
@@ -928,9 +1017,17 @@ def main(argv: list[str] | None = None) -> int:
             seconds=min(args.seconds, 1.0),
             mix_seconds=min(args.mix_seconds, 2.0),
             quick=True,
+            rounds=1,
         )
     else:
-        plan = Plan(args.patterns, args.rss_patterns, args.seconds, args.mix_seconds, False)
+        plan = Plan(
+            args.patterns,
+            args.rss_patterns,
+            args.seconds,
+            args.mix_seconds,
+            False,
+            max(1, args.rounds),
+        )
 
     started = time.perf_counter()
     load_before = _load()
