@@ -331,11 +331,41 @@ def test_health_reflection_and_metrics(server: RunningServer, client: PatternSto
     assert 'patternstore_queue_depth{queue="writes"}' in text
     assert 'patternstore_cache_hits_total{tier="l1"}' in text
     assert "patternstore_batch_size_count" in text
-    assert 'patternstore_query_seconds_count{query="get_pattern"}' in text
+    assert 'patternstore_query_seconds_count{query="load_memory"}' in text
     assert "process_resident_memory_bytes" in text
     for path, status in (("/healthz", 200), ("/readyz", 200)):
         url = f"http://127.0.0.1:{server.server.metrics_port}{path}"
         assert urllib.request.urlopen(url, timeout=5).status == status
+
+
+def _sqlite_reads(server: RunningServer, query: str) -> float:
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    prefix = f'patternstore_query_seconds_count{{query="{query}"}} '
+    counts = [float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    return counts[0] if counts else 0.0
+
+
+def test_unknown_ids_are_not_found_without_a_sqlite_read(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    client.store_pattern(_pattern("a"))
+    client.store_pattern(_pattern("gone"))
+    client.delete_pattern("gone")
+    client.flush()
+    client.get_pattern("a")  # cached now: the reads below of known ids need no SQLite
+    before = {q: _sqlite_reads(server, q) for q in ("get_pattern", "get_patterns")}
+    for pid in ("never-stored", "gone"):
+        with pytest.raises(grpc.RpcError) as err:
+            client.get_pattern(pid)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as err:
+            client.update_confidence(pid, "success")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    reply = client.get_patterns(["a", "never-stored", "gone"])
+    assert [p.id for p in reply.patterns] == ["a"]
+    assert list(reply.missing_ids) == ["never-stored", "gone"]
+    assert {q: _sqlite_reads(server, q) for q in before} == before
 
 
 def test_observed_at_drives_decay(client: PatternStoreClient, clock: FakeClock) -> None:

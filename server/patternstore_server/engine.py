@@ -239,6 +239,8 @@ class Engine:
             if state is None:
                 return None
             data = state.SerializeToString()
+        elif pid not in memory:
+            return None  # never stored, or deleted: no SQLite read to say so
         else:
             rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
             if not rows:
@@ -263,7 +265,8 @@ class Engine:
             validate.check_id(pid, f"ids[{i}]")
             pending = self._pending.get(pid)
             if pending is None:
-                misses.setdefault(pid, []).append(i)
+                if pid in memory:
+                    misses.setdefault(pid, []).append(i)
             elif pending[1] is not None:
                 data = pending[1].SerializeToString()
                 self._tiers.fill(pid, data)
@@ -297,6 +300,8 @@ class Engine:
         data = self._tiers.get(pid)
         if data is not None:
             return pb.Pattern.FromString(data)
+        if pid not in self.memory:
+            return None
         rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
         return row_to_pattern(rows[0], self._pool.dictionaries) if rows else None
 

@@ -41,6 +41,12 @@ class PatternMemory:
     def __len__(self) -> int:
         return len(self.posteriors)
 
+    def __contains__(self, pid: object) -> bool:
+        """Whether ``pid`` is stored (accepted and not deleted; expired ones until
+        pruned): the posteriors hold a row for exactly those, so a read of an unknown id
+        is answered without asking SQLite."""
+        return pid in self.posteriors
+
     def close(self) -> None:
         self.vectors.close()
 
