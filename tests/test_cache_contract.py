@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from patternstore_server.cache import POLICIES, Cache, LockedCache, make_cache
+from patternstore_server.cache import POLICIES, Cache, LockedCache, SizeOf, make_cache
 
 POLICY_NAMES = sorted(POLICIES)
 MakeCache = Callable[..., Cache]
@@ -22,14 +22,25 @@ def policy(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _length(value: bytes) -> int:
+    # Sizes as len gives them, through the path any custom getsizeof takes (stored
+    # per entry); plain len has its sizes read off the values instead.
+    return len(value)
+
+
+@pytest.fixture(params=["len", "stored"])
+def sizing(request: pytest.FixtureRequest) -> SizeOf:
+    return len if request.param == "len" else _length
+
+
 @pytest.fixture
-def make(policy: str) -> MakeCache:
+def make(policy: str, sizing: SizeOf) -> MakeCache:
     def build(
         max_entries: int = 100,
         max_bytes: int | None = None,
         on_evict: Callable[[str, bytes], None] | None = None,
     ) -> Cache:
-        return make_cache(policy, max_entries, max_bytes, len, on_evict)
+        return make_cache(policy, max_entries, max_bytes, sizing, on_evict)
 
     return build
 
@@ -151,10 +162,11 @@ class _ModelComparison(RuleBasedStateMachine):
     """Whatever the cache holds is the model's latest value; bounds always hold."""
 
     policy = "adaptive"
+    sizing: SizeOf = len
 
     def __init__(self) -> None:
         super().__init__()
-        self.cache = make_cache(self.policy, 8, 120)
+        self.cache = make_cache(self.policy, 8, 120, type(self).sizing)
         self.model: dict[str, bytes] = {}
 
     keys = st.sampled_from([f"k{i}" for i in range(16)])
@@ -182,6 +194,10 @@ class _ModelComparison(RuleBasedStateMachine):
         _assert_bounded(self.cache)
 
 
+class _StoredSizesModelComparison(_ModelComparison):
+    sizing = _length
+
+
 class _LRUModelComparison(_ModelComparison):
     policy = "lru"
 
@@ -198,6 +214,8 @@ _STATEFUL_SETTINGS = settings(
 )
 TestAdaptiveMatchesModel = _ModelComparison.TestCase
 TestAdaptiveMatchesModel.settings = _STATEFUL_SETTINGS
+TestAdaptiveStoredSizesMatchesModel = _StoredSizesModelComparison.TestCase
+TestAdaptiveStoredSizesMatchesModel.settings = _STATEFUL_SETTINGS
 TestLRUMatchesModel = _LRUModelComparison.TestCase
 TestLRUMatchesModel.settings = _STATEFUL_SETTINGS
 TestLFUMatchesModel = _LFUModelComparison.TestCase
