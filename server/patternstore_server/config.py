@@ -52,7 +52,7 @@ class Settings:
         "commit): fewer, larger transactions; the most a QUEUED write can lag",
     )
     max_queue: int = _setting(
-        100_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED"
+        20_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED"
     )
     synchronous: str = _setting(
         "NORMAL",
