@@ -14,6 +14,7 @@ from patternstore import (
     DURABILITY_QUEUED,
     Pattern,
     PatternStoreClient,
+    RetryPolicy,
     StorePatternRequest,
     Trajectory,
     update_request,
@@ -377,3 +378,31 @@ def test_observed_at_drives_decay(client: PatternStoreClient, clock: FakeClock) 
     got = client.get_pattern("p")
     assert got.alpha == 1.0 + (2.0 - 1.0) * 0.95 + 1.0
     assert got.last_outcome_at == t1
+
+
+def test_calls_wait_for_the_pattern_memory_like_redis_loading(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    """Before the memory is loaded it cannot say which ids exist: every call is refused
+    with a retryable UNAVAILABLE, so none is answered NOT_FOUND or stored as new."""
+    client.store_pattern(_pattern("a"))
+    assert server.server.servicer.ready  # start() returned: loaded and serving
+    server.server.servicer.ready = False  # the state start() serves in while loading
+    once = PatternStoreClient(server.target, timeout=5, retry=RetryPolicy(attempts=1))
+    try:
+        for call in (
+            lambda: once.get_pattern("a"),
+            lambda: once.store_pattern(_pattern("a")),
+            lambda: once.update_confidence("a", "success"),
+            lambda: once.record_outcomes(iter([])),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "starting" in (err.value.details() or "")
+        server.server.servicer.ready = True
+        # Nothing was changed meanwhile: still version 1, and readable again.
+        assert once.get_pattern("a").version == 1
+    finally:
+        server.server.servicer.ready = True
+        once.close()

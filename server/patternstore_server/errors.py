@@ -8,6 +8,7 @@
     ├── AlreadyExists                 -> ALREADY_EXISTS     (create_only on an existing id)
     ├── VersionConflict               -> ABORTED            (expected_version differs)
     ├── Overloaded                    -> RESOURCE_EXHAUSTED (write queue full)
+    ├── Starting                      -> UNAVAILABLE        (loading patterns into memory)
     ├── ShuttingDown                  -> UNAVAILABLE        (draining after SIGTERM)
     ├── StorageUnavailable            -> UNAVAILABLE        (writer stuck on a lock or I/O error)
     ├── FailedPrecondition            -> FAILED_PRECONDITION (e.g. the database is read-only)
@@ -33,6 +34,7 @@ __all__ = [
     "Overloaded",
     "PatternStoreError",
     "ShuttingDown",
+    "Starting",
     "StorageError",
     "StorageUnavailable",
     "StoreClosed",
@@ -74,6 +76,10 @@ class Overloaded(PatternStoreError):
         super().__init__(message)
         # Sent as trailing metadata "retry-after-ms": when the queue should have room.
         self.retry_after_ms = retry_after_ms
+
+
+class Starting(PatternStoreError):
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class ShuttingDown(PatternStoreError):

@@ -93,9 +93,7 @@ class PatternMemory:
         elif state.id in self.vectors:
             self.vectors.remove(state.id)
 
-    def learned(
-        self, pid: str, row: Sequence[Any], now_ns: int, has_embedding: bool
-    ) -> None:
+    def learned(self, pid: str, row: Sequence[Any], now_ns: int, has_embedding: bool) -> None:
         """An outcome changed ``pid``'s posterior; ``row`` is its learned row
         (storage.queries.LEARNED_FIELDS order: confidence, lower bound, alpha, beta,
         usage, ...)."""

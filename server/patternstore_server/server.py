@@ -113,6 +113,10 @@ class PatternStoreServer:
             self.port = server.add_secure_port(s.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind {s.listen}")
+        # Health answers NOT_SERVING (the default for "" is SERVING) and calls get
+        # UNAVAILABLE until the pattern memory is loaded.
+        await self._health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._grpc = server
 
@@ -134,6 +138,7 @@ class PatternStoreServer:
         )
         warmed, seconds = await loop.run_in_executor(None, self.engine.warm, s.warm_count)
         log.info("warmed %d patterns into the caches in %.2f s", warmed, seconds)
+        self.servicer.ready = True
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -154,6 +159,10 @@ class PatternStoreServer:
                 taken, _ = await self.engine.prune(False, self.settings.prune_batch)
             except PatternStoreError as exc:
                 log.warning("pruning pass skipped: %s", exc)
+                continue
+            except Exception:
+                # Nothing awaits this task: an escaped error would end pruning silently.
+                log.exception("pruning pass failed; retrying next interval")
                 continue
             removed = {why: len(ids) for why, ids in taken.items() if ids}
             if removed:

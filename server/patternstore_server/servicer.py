@@ -25,7 +25,7 @@ from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
 from .engine import Engine, OutcomeResult
-from .errors import InvalidArgument, NotFound, Overloaded, PatternStoreError
+from .errors import InvalidArgument, NotFound, Overloaded, PatternStoreError, Starting
 from .metrics import SERVICE, MethodMetrics, Metrics
 from .query import QuerySpec, parse_query, run_query, thompson_page_token
 from .storage import ConnectionPool
@@ -63,6 +63,9 @@ _PREFIXED = 16384
 _PATTERN_PREFIX = [_PATTERNS_TAG + _varint(n) for n in range(_PREFIXED)]
 
 
+_STARTING = "the server is starting (loading patterns into memory); retry shortly"
+
+
 def _parse(cls: type[_M], raw: bytes) -> _M:
     try:
         return cls.FromString(raw)
@@ -74,6 +77,15 @@ def _durable(d: pb.Durability) -> bool:
     if d not in (pb.DURABILITY_UNSPECIFIED, pb.DURABILITY_COMMITTED, pb.DURABILITY_QUEUED):
         raise InvalidArgument("durability", f"unknown value {d}")
     return d != pb.DURABILITY_QUEUED
+
+
+class _Call:
+    """What a finished streaming call reports to its metrics."""
+
+    __slots__ = ("code",)
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
 
 
 class PatternStoreServicer:
@@ -95,6 +107,10 @@ class PatternStoreServicer:
         # shutdown drains until both say the clients have gone quiet.
         self.in_flight = 0
         self.last_started = 0.0
+        # Set once the pattern memory is loaded. Until then every call is refused (like
+        # Redis's LOADING): the memory answers whether an id exists, so a read would
+        # say NOT_FOUND and a store would take an existing pattern for a new one.
+        self.ready = False
 
     def close(self) -> None:
         self._queries.shutdown(wait=True)
@@ -140,6 +156,8 @@ class PatternStoreServicer:
             self.last_started = started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if not self.ready:
+                    raise Starting(_STARTING)
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     # The caller gave up while the call queued: do no work for it.
@@ -154,6 +172,8 @@ class PatternStoreServicer:
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except grpc.aio.AbortError:
+                raise  # context.abort() above (deadline): already the reply
             except Exception:
                 log.exception("unexpected error")
                 code = grpc.StatusCode.INTERNAL
@@ -170,29 +190,41 @@ class PatternStoreServicer:
         async def handle(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> bytes:
-            self.in_flight += 1
-            m.started.inc()
-            self.last_started = started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._call(context, m):
+                if not self.ready:
+                    raise Starting(_STARTING)
                 reply = await self.record_outcomes(requests, m)
                 m.msg_sent.inc()
                 return reply
-            except PatternStoreError as exc:
-                code = exc.code
-                await context.abort(code, str(exc), self._trailers(exc))
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                log.exception("unexpected error")
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, "internal error; the server log has the details")
-            finally:
-                m.done(code, time.perf_counter() - started)
-                self.in_flight -= 1
+            raise AssertionError("unreachable: _call aborts the call on any error")
 
         return handle
+
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, context: grpc.aio.ServicerContext[Any, Any], m: MethodMetrics
+    ) -> AsyncIterator[_Call]:
+        """The error mapping and metrics of a streaming call (the unary wrapper inlines
+        the same steps: a context manager costs a few us a call on the hottest path)."""
+        self.in_flight += 1
+        m.started.inc()
+        started = self.last_started = time.perf_counter()
+        call = _Call()
+        try:
+            yield call
+        except PatternStoreError as exc:
+            call.code = exc.code
+            await context.abort(call.code, str(exc), self._trailers(exc))
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            log.exception("unexpected error")
+            call.code = grpc.StatusCode.INTERNAL
+            await context.abort(call.code, "internal error; the server log has the details")
+        finally:
+            m.done(call.code, time.perf_counter() - started)
+            self.in_flight -= 1
 
     def _trailers(self, exc: PatternStoreError) -> tuple[tuple[str, str], ...]:
         if isinstance(exc, Overloaded):
@@ -437,27 +469,19 @@ class PatternStoreServicer:
         async def handle(
             raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[bytes]:
-            self.in_flight += 1
-            m.started.inc()
             m.msg_received.inc()
-            self.last_started = started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._call(context, m):
                 _parse(pb.BackupRequest, raw)
                 async for chunk in self.backup():
                     m.msg_sent.inc()
                     yield chunk
-            except PatternStoreError as exc:
-                code = exc.code
-                await context.abort(code, str(exc))
-            finally:
-                m.done(code, time.perf_counter() - started)
-                self.in_flight -= 1
 
         return handle
 
     async def backup(self) -> AsyncIterator[bytes]:
         """Copy the database beside it, stream the copy, delete it."""
+        # Every write acknowledged before the backup began is in it, QUEUED ones too.
+        await self._engine.wait_durable()
         loop = asyncio.get_running_loop()
         path = self._pool.path.with_name(f"backup-{time.time_ns()}.db")
         try:
