@@ -7,7 +7,7 @@ entry), which at 1,000,000 patterns was most of the server's memory; this costs
 ``len(id) + 10`` bytes plus 8-16 bytes of table.
 
 Not thread-safe: one thread mutates and reads it (the event loop for the posteriors,
-the writer thread under the index's write lock for the vector index).
+the event loop thread too for the vector index, under its write lock for changes).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ per-thread scratch block, then one BLAS sgemv/sgemm per block), keeps the best
 supplies through ``fetch_exact`` (the index keeps no float32 copy: see DESIGN.md).
 
 Concurrency: ``upsert``, ``upsert_many`` and ``remove`` must be called from one
-thread at a time (the server's writer thread); they take an internal write lock, so
+thread at a time (the server's event loop thread, at accept); they take an internal write lock, so
 they wait for in-flight searches and searches wait for them. ``search`` and
 ``search_batch`` may run concurrently with each other (shared read lock; numpy
 releases the GIL in the cast and in BLAS). ``update_meta`` takes no lock: it stores
@@ -214,9 +214,12 @@ class VectorIndex:
     def remove(self, pattern_id: str) -> bool:
         """Forget a pattern; False if it was not indexed. O(1): the last row fills the hole."""
         key = pattern_id.encode()
+        # Checked before the lock: most deleted patterns have no embedding, and waiting
+        # for in-flight searches would stall the event loop for nothing. Safe unlocked:
+        # only this (the one mutating) thread changes the key table.
+        if self._keys.get(key) < 0:
+            return False
         with self._lock.writing():
-            if self._keys.get(key) < 0:
-                return False
             slot, moved = self._keys.pop(key)
             if moved >= 0:
                 chunk, row = divmod(moved, self._block_rows)
