@@ -267,3 +267,6 @@ def test_a_prune_pass_rechecks_patterns_written_since_its_scan() -> None:
     assert p.qualifies("x0", "idle", 1_000, 0.3, 5, 200) and not p.qualifies(
         "x2", "idle", 1_000, 0.3, 5, 200
     )
+    # A prune's delete names the pattern's type (its cached query replies go at commit).
+    p.set("x1", "other", 1.0, 9.0, 0.1, 8, 0, 100)  # re-stored with another type
+    assert [p.type_of(pid) for pid in ("x0", "x1", "x3", "e")] == ["t", "other", None, "t"]

@@ -66,6 +66,17 @@ def test_l3_staleness_invalidation_and_epochs() -> None:
     assert l3.get(("tool", 1)) is None  # older than max_staleness
 
 
+def test_l3_clear_refuses_replies_computed_across_it_for_any_type() -> None:
+    l3 = QueryCache(max_entries=10, max_staleness_s=60.0, timer=Timer())
+    # "fresh" was never invalidated, so it has no per-type epoch of its own yet.
+    fresh, anytype = l3.epoch("fresh"), l3.epoch("")
+    l3.clear()  # e.g. a prune of patterns whose types are unknown
+    assert not l3.put(("fresh", 1), "fresh", b"stale", fresh)
+    assert not l3.put(("", 1), "", b"stale", anytype)
+    assert l3.put(("fresh", 1), "fresh", b"ok", l3.epoch("fresh"))
+    assert l3.get(("fresh", 1)) == b"ok"
+
+
 def _p(pid: str, ptype: str = "plan") -> Pattern:
     return Pattern(id=pid, type=ptype, data=b'{"a": 1}' * 10)
 

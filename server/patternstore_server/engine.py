@@ -846,10 +846,10 @@ class Engine:
                     touched = True
                 ops: list[Op] = []
                 for pid in chunk:
-                    pending = self._pending.get(pid)
-                    state = pending[1] if pending is not None else None
+                    # The type invalidates that type's cached replies again at commit.
+                    ptype = posteriors.type_of(pid) or ""
                     seq = self._next_sequence()
-                    ops.append(Delete(seq, pid, state.type if state is not None else ""))
+                    ops.append(Delete(seq, pid, ptype))
                     self._pending[pid] = (seq, None)
                     self._invalidate(pid)
                     self._forget(pid)

@@ -37,6 +37,7 @@ class Posteriors:
     def __init__(self, capacity: int = 1024) -> None:
         self._keys = KeyTable()
         self._type_codes: dict[str, int] = {}
+        self._type_names: list[str] = [""]  # by code; 0 is no type
         self._capacity = 0
         self._type: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
         # float32: alpha and beta only feed Beta draws (Thompson ranking), where 7
@@ -60,7 +61,13 @@ class Posteriors:
         code = self._type_codes.get(ptype)
         if code is None:
             code = self._type_codes[ptype] = len(self._type_codes) + 1
+            self._type_names.append(ptype)
         return code
+
+    def type_of(self, pid: str) -> str | None:
+        """The type ``pid`` was stored with; None for an id not held."""
+        slot = self._keys.get(pid.encode())
+        return None if slot < 0 else self._type_names[int(self._type[slot])]
 
     def _resize(self, capacity: int) -> None:
         for name in _COLUMNS:

@@ -39,6 +39,9 @@ class QueryCache:
         self._by_type: dict[str, set[Hashable]] = {}
         self._epochs: dict[str, int] = {}
         self._any_epoch = 0
+        # Bumped by clear(): part of every typed epoch, so a reply computed across a
+        # clear() is refused even for a type never invalidated before.
+        self._generation = 0
         self.currsize = 0
         self.hits = 0
         self.misses = 0
@@ -49,7 +52,8 @@ class QueryCache:
 
     def epoch(self, qtype: str) -> int:
         """Read before computing a reply; hand back to put()."""
-        return self._epochs.get(qtype, 0) if qtype else self._any_epoch
+        # Both counters only grow, so their sum changes whenever either does.
+        return self._generation + self._epochs.get(qtype, 0) if qtype else self._any_epoch
 
     def get(self, key: Hashable) -> bytes | None:
         entry = self._data.get(key)
@@ -93,8 +97,7 @@ class QueryCache:
         self._by_type.clear()
         self.currsize = 0
         self._any_epoch += 1
-        for qtype in self._epochs:
-            self._epochs[qtype] += 1
+        self._generation += 1
 
     def _remove(self, key: Hashable) -> None:
         qtype, _, reply = self._data.pop(key)
