@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +165,29 @@ def test_a_corrupt_wal_tail_loses_nothing_acknowledged(tmp_path: Path) -> None:
     conn = apsw.Connection(str(data / "patterns.db"), flags=apsw.SQLITE_OPEN_READONLY)
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     conn.close()
+
+
+def test_a_row_that_does_not_decode_is_data_loss_for_that_pattern_only(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    srv = start_server()
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="bad", type="t", data=b'{"will": "rot"}' * 10))
+        c.store_pattern(Pattern(id="good", type="t", data=b'{"stays": "fine"}'))
+        c.store_pattern(Pattern(id="vec", type="t", embedding=[0.5, -0.25, 1.0]))
+    srv.stop()
+    # Bit rot in the stored payload of "bad" (an unknown format byte).
+    with apsw.Connection(str(tmp_path / "data" / "patterns.db")) as conn:
+        conn.execute(
+            "UPDATE blobs SET data = x'7f00' WHERE key = "
+            "(SELECT data_key FROM patterns WHERE id = 'bad')"
+        )
+        conn.execute("UPDATE patterns SET embedding = x'7f' WHERE id = 'vec'")
+    srv = start_server()  # starts: warming and indexing skip what does not decode
+    with PatternStoreClient(srv.target, retry=RetryPolicy(attempts=1)) as c:
+        for pid in ("bad", "vec"):
+            with pytest.raises(grpc.RpcError) as err:
+                c.get_pattern(pid)
+            assert err.value.code() == grpc.StatusCode.DATA_LOSS
+            assert "does not decode" in (err.value.details() or "")
+        assert c.get_pattern("good").data == b'{"stays": "fine"}'  # still serving

@@ -1,11 +1,13 @@
 """The acceptor: decides every write, serves every point read.
 
-It runs on the event loop's thread only, so the decisions a write needs (does the
-pattern exist, which version, what confidence follows) are made one at a time, in
-sequence order, without locks. Accepted-but-uncommitted state lives in ``_pending``
-(id -> newest state, or None for a delete) until the group committer reports it
-durable; reads look there before the L1 cache and SQLite, so a reply never shows a
-state older than one already acknowledged. See DESIGN.md.
+It runs on the event loop's thread (``embeddings_for`` excepted, see there), so the
+decisions a write needs (does the pattern exist, which version, what confidence
+follows) are made one at a time, in sequence order, without locks.
+Accepted-but-uncommitted state lives in ``_pending`` (id -> newest state, or None for
+a delete) until the group committer reports it durable. A write invalidates the
+caches before its reply, and a read that misses them looks in ``_pending`` before
+SQLite, so a reply never shows a state older than one already acknowledged. See
+DESIGN.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from patternstore.v1 import patternstore_pb2 as pb
 from . import validate
 from .cache.l3 import QueryCache
 from .cache.tiers import PatternTiers
+from .codecs import CodecError
 from .codecs import embedding as embedding_codec
 from .confidence import ModelParams, prior
 from .config import Settings
@@ -772,7 +775,9 @@ class Engine:
         """float32 embeddings of ``ids`` (rows of zeros for unknown ones), for exact rescoring.
 
         Runs on a query thread: the newest accepted state comes from the pending map, the
-        rest from SQLite.
+        rest from SQLite. The one read of loop-owned state off the loop: a dict lookup
+        is atomic under the GIL, and the loop changes a pending message in place only in
+        its learned fields (outcomes), never its embedding; a store stages a new message.
         """
         dims = self.memory.vectors.dims or 0
         out = np.zeros((len(ids), dims), dtype=np.float32)
@@ -874,11 +879,18 @@ class Engine:
             return 0, 0.0
         rows = self._pool.query("warm", q.SELECT_WARM, (count,))
         # Least likely first, so the most likely end up the most recently used.
+        warmed = 0
         for row in reversed(rows):
-            self._tiers.fill(
-                row[0], row_to_pattern(row, self._pool.dictionaries).SerializeToString()
-            )
-        return len(rows), time.perf_counter() - started
+            try:
+                data = row_to_pattern(row, self._pool.dictionaries).SerializeToString()
+            except CodecError as exc:
+                # One rotten row must not keep the server from starting: its reads get
+                # DATA_LOSS, the rest are served.
+                log.warning("not warming pattern %r: %s", row[0], exc)
+                continue
+            self._tiers.fill(row[0], data)
+            warmed += 1
+        return warmed, time.perf_counter() - started
 
     def count_patterns(self) -> int:
         """Patterns stored (accepted writes included, expired ones until pruned).

@@ -14,12 +14,14 @@ index, whose searches run on query threads under its own lock (vector/DESIGN.md)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from patternstore.v1 import patternstore_pb2 as pb
 
+from .codecs import CodecError
 from .codecs import embedding as embedding_codec
 from .config import Settings
 from .model import expires_ns
@@ -27,6 +29,8 @@ from .ranking import Posteriors
 from .vector import VectorIndex
 
 __all__ = ["PatternMemory"]
+
+log = logging.getLogger(__name__)
 
 
 class PatternMemory:
@@ -121,8 +125,15 @@ class PatternMemory:
             if exp:
                 self.expiring[pid] = exp
             if emb:
+                try:
+                    vector = embedding_codec.decode(emb)
+                except CodecError as exc:
+                    # One rotten row must not keep the server from starting: reads
+                    # of this pattern get DATA_LOSS, every other one is served.
+                    log.warning("not indexing the embedding of %r: %s", pid, exc)
+                    continue
                 ids.append(pid)
-                vectors.append(embedding_codec.decode(emb))
+                vectors.append(vector)
                 types.append(ptype)
                 confidences.append(conf)
         if ids:

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
+from .codecs import CodecError
 from .engine import Engine, OutcomeResult
 from .errors import InvalidArgument, NotFound, Overloaded, PatternStoreError, Starting
 from .metrics import SERVICE, MethodMetrics, Metrics
@@ -64,6 +66,17 @@ _PATTERN_PREFIX = [_PATTERNS_TAG + _varint(n) for n in range(_PREFIXED)]
 
 
 _STARTING = "the server is starting (loading patterns into memory); retry shortly"
+
+
+def _discard_copy(copying: asyncio.Future[int], path: Path) -> None:
+    """Delete a backup copy once its (abandoned) copy thread is done."""
+    if not copying.cancelled() and copying.exception() is not None:
+        log.warning("an abandoned backup copy failed: %s", copying.exception())
+    path.unlink(missing_ok=True)
+
+
+def _data_loss(exc: CodecError) -> str:
+    return f"a stored row does not decode ({exc}); restore it from a backup or store it again"
 
 
 def _parse(cls: type[_M], raw: bytes) -> _M:
@@ -174,6 +187,9 @@ class PatternStoreServicer:
                 raise
             except grpc.aio.AbortError:
                 raise  # context.abort() above (deadline): already the reply
+            except CodecError as exc:
+                code = grpc.StatusCode.DATA_LOSS
+                await context.abort(code, _data_loss(exc))
             except Exception:
                 log.exception("unexpected error")
                 code = grpc.StatusCode.INTERNAL
@@ -218,6 +234,9 @@ class PatternStoreServicer:
         except asyncio.CancelledError:
             call.code = grpc.StatusCode.CANCELLED
             raise
+        except CodecError as exc:
+            call.code = grpc.StatusCode.DATA_LOSS
+            await context.abort(call.code, _data_loss(exc))
         except Exception:
             log.exception("unexpected error")
             call.code = grpc.StatusCode.INTERNAL
@@ -352,6 +371,8 @@ class PatternStoreServicer:
             hits = await self._batched_search(
                 query, (fetch, req.type or None, req.min_confidence, req.exact)
             )
+        except CodecError:
+            raise  # a stored embedding that will not decode: DATA_LOSS, not the caller's
         except ValueError as exc:
             raise InvalidArgument("embedding", str(exc)) from None
         ids = [pid for pid, _ in hits]
@@ -484,8 +505,11 @@ class PatternStoreServicer:
         await self._engine.wait_durable()
         loop = asyncio.get_running_loop()
         path = self._pool.path.with_name(f"backup-{time.time_ns()}.db")
+        copying = loop.run_in_executor(None, copy_database, self._pool.path, path)
         try:
-            durable = await loop.run_in_executor(None, copy_database, self._pool.path, path)
+            # Shielded: a cancelled call must not delete the file while the copy thread
+            # still writes it (it would leave a full-size orphan); see finally.
+            durable = await asyncio.shield(copying)
             total = path.stat().st_size
             with path.open("rb") as f:
                 first = True
@@ -499,7 +523,10 @@ class PatternStoreServicer:
                         first = False
                     yield chunk.SerializeToString()
         finally:
-            path.unlink(missing_ok=True)
+            if copying.done():
+                path.unlink(missing_ok=True)
+            else:
+                copying.add_done_callback(lambda f: _discard_copy(f, path))
 
     # -- writes --------------------------------------------------------------------------
 
