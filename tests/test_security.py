@@ -28,7 +28,7 @@ def tokens(tmp_path: Path) -> Path:
     return path
 
 
-def test_roles(start_server: Any, clock: FakeClock, tokens: Path) -> None:
+def test_roles(start_server: Any, clock: FakeClock, tokens: Path, tmp_path: Path) -> None:
     srv = start_server(clock, auth_tokens_file=str(tokens))
     with PatternStoreClient(srv.target, token="a-token") as admin:
         admin.store_pattern(Pattern(id="p", type="t"))
@@ -58,6 +58,11 @@ def test_roles(start_server: Any, clock: FakeClock, tokens: Path) -> None:
         with pytest.raises(grpc.RpcError) as exc:
             writer.get_stats()
         assert _code(exc) == grpc.StatusCode.PERMISSION_DENIED
+        out = tmp_path / "copy.db"
+        with pytest.raises(grpc.RpcError) as exc:
+            writer.backup(str(out))
+        assert _code(exc) == grpc.StatusCode.PERMISSION_DENIED
+        assert not out.exists() and not (tmp_path / "copy.db.partial").exists()
 
 
 def _openssl(*args: str, cwd: Path) -> None:

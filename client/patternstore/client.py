@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -169,15 +170,21 @@ class PatternStoreClient:
         )
         header = pb.BackupChunk()
         partial = f"{out}.partial"
-        with open(partial, "wb") as f:
-            for i, chunk in enumerate(
-                call(pb.BackupRequest(), timeout=timeout or 3600, metadata=self._metadata)
-            ):
-                if i == 0:
-                    header.total_bytes = chunk.total_bytes
-                    header.durable_sequence = chunk.durable_sequence
-                f.write(chunk.data)
-        os.replace(partial, out)
+        try:
+            with open(partial, "wb") as f:
+                for i, chunk in enumerate(
+                    call(pb.BackupRequest(), timeout=timeout or 3600, metadata=self._metadata)
+                ):
+                    if i == 0:
+                        header.total_bytes = chunk.total_bytes
+                        header.durable_sequence = chunk.durable_sequence
+                    f.write(chunk.data)
+            os.replace(partial, out)
+        except BaseException:
+            # A failed stream leaves nothing behind (``out`` was never touched).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            raise
         return header
 
     def search_similar(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,18 +22,16 @@ def copy_database(source: Path, dest: Path) -> int:
     would restart each time the writer commits, and might never finish under load).
     """
     dest.unlink(missing_ok=True)
-    with storage_errors(f"backing up {source}"):
-        src = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
-        out = apsw.Connection(str(dest))
-        try:
-            with out.backup("main", src, "main") as b:
-                b.step(-1)
-            row = out.execute(q.META_GET, ("durable_sequence",)).fetchone()
-            # The copy is a standalone file: no WAL next to it.
-            out.pragma("journal_mode", "delete")
-        finally:
-            out.close()
-            src.close()
+    with (
+        storage_errors(f"backing up {source}"),
+        contextlib.closing(apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)) as src,
+        contextlib.closing(apsw.Connection(str(dest))) as out,
+    ):
+        with out.backup("main", src, "main") as b:
+            b.step(-1)
+        row = out.execute(q.META_GET, ("durable_sequence",)).fetchone()
+        # The copy is a standalone file: no WAL next to it.
+        out.pragma("journal_mode", "delete")
     return int(row[0]) if row else 0
 
 
