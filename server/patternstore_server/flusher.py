@@ -191,6 +191,8 @@ class GroupCommitter:
 
     @property
     def queued(self) -> int:
+        # Read without the lock: a gauge for metrics and stats, where a count one group
+        # old is fine (an int read is atomic under the GIL).
         return self._queued_ops
 
     def close(self, timeout: float | None = None) -> None:
