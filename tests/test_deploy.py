@@ -535,7 +535,12 @@ def test_fresh_venv_stops_within_docker_stop_timeout(
             ps.store_pattern(Pattern(id="queued", type="plan"), durability=DURABILITY_QUEUED)
         holder = threading.Thread(target=hold_stream, daemon=True)
         holder.start()
-        time.sleep(0.5)  # let the stream reach the server
+        # The stream is in flight once its first outcome is applied (reads see it).
+        with PatternStoreClient(server.target) as ps:
+            deadline = time.monotonic() + 20
+            while ps.get_pattern("held").usage_count < 1:
+                assert time.monotonic() < deadline, "the stream never reached the server"
+                time.sleep(0.02)
         began = time.monotonic()
         code = server.terminate(timeout=DOCKER_STOP_TIMEOUT_S + 5)
         took = time.monotonic() - began

@@ -30,6 +30,7 @@ class Ledger:
     confidence: dict[str, float] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     acks: int = 0
+    in_flight: str = ""  # the id of the call the kill may have interrupted
 
 
 def _worker(target: str, name: str, ledger: Ledger, stop: threading.Event) -> None:
@@ -38,6 +39,7 @@ def _worker(target: str, name: str, ledger: Ledger, stop: threading.Event) -> No
         i = 0
         while not stop.is_set():
             pid = f"{name}-{i % 40}"
+            ledger.in_flight = pid
             try:
                 if i % 3 == 0:
                     r = c.store_pattern(Pattern(id=pid, type="crash", data=f"{name}:{i}".encode()))
@@ -96,6 +98,11 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
                     assert got[pid].version in (led.versions[pid], led.versions[pid] + 1), pid
                     if got[pid].version == led.versions[pid] and pid in led.confidence:
                         assert got[pid].confidence == led.confidence[pid]
+                # An acknowledged delete stays deleted (unless the unacknowledged call in
+                # flight at the kill stored the id again).
+                gone = sorted(led.deleted - {led.in_flight})
+                found = [p.id for p in c.get_patterns(gone).patterns] if gone else []
+                assert not found, f"acknowledged deletes came back: {found}"
             # A restart hands out sequences above every earlier one.
             stats = c.get_stats()
             assert (

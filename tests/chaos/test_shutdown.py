@@ -162,7 +162,11 @@ def test_sigterm_ends_an_idle_stream_within_grace(tmp_path: Path) -> None:
             c.store_pattern(Pattern(id="p", type="drain"))
         t = threading.Thread(target=run, daemon=True)
         t.start()
-        time.sleep(0.3)
+        with PatternStoreClient(server.target) as c:
+            deadline = time.monotonic() + 20  # the stream is in flight once p has its outcome
+            while c.get_pattern("p").usage_count < 1:
+                assert time.monotonic() < deadline, "the stream never reached the server"
+                time.sleep(0.02)
         started = time.monotonic()
         assert server.terminate(timeout=grace + 10) == 0
         took = time.monotonic() - started
