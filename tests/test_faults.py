@@ -133,6 +133,11 @@ def test_a_full_disk_refuses_writes_clearly_and_recovers(
         acked.append("after")
         got = c.get_patterns(acked)
         assert not got.missing_ids
+    # And on disk, not only in this process's caches: a restart reads them from SQLite.
+    srv.stop()
+    srv = start_server(clock, data_dir=str(tiny_disk / "data"), warm_count=0)
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=3) as c:
+        assert not c.get_patterns(acked).missing_ids
 
 
 def test_a_corrupt_wal_tail_loses_nothing_acknowledged(tmp_path: Path) -> None:
