@@ -67,6 +67,11 @@ BAD_STORES: list[tuple[str, Pattern, str]] = [
     ("metadata too many", _with(metadata={str(i): "v" for i in range(65)}), "pattern.metadata"),
     ("metadata key too long", _with(metadata={"k" * 129: "v"}), "pattern.metadata"),
     ("metadata value too long", _with(metadata={"k": "v" * 4097}), "pattern.metadata"),
+    (
+        "expiry past 2262 (ns overflow)",
+        Pattern(id="ok", type="plan", expires_at=Timestamp(seconds=253_402_300_799)),
+        "pattern.expires_at",
+    ),
 ]
 
 
@@ -217,3 +222,20 @@ def test_queue_full_is_resource_exhausted(start_server: Any, clock: FakeClock) -
         assert "Flush" in exc.value.details()  # type: ignore[attr-defined]
         c.flush()
         assert c.store_pattern(Pattern(id="p4", type="t")).created
+
+
+def test_a_batch_whose_embeddings_disagree_is_refused_whole(client: PatternStoreClient) -> None:
+    """The first embedding ever stored sets the dimension: two in one call must agree,
+    checked before anything takes a sequence (a failure after that left phantom state)."""
+    before = client.get_stats().last_sequence
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_patterns(
+            [_with(id="a", embedding=[0.1, 0.2, 0.3]), _with(id="b", embedding=[0.1] * 4)]
+        )
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "requests[1].pattern.embedding" in exc.value.details()  # type: ignore[attr-defined]
+    after = client.get_stats()
+    assert after.last_sequence == before and after.patterns == 0
+    assert list(client.get_patterns(["a", "b"]).missing_ids) == ["a", "b"]
+    client.flush()  # nothing accepted is left waiting for a sequence no write will reach
+    assert client.store_pattern(_with(id="b", embedding=[0.1] * 4)).created

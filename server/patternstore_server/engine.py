@@ -62,6 +62,9 @@ __all__ = ["Engine", "OutcomeResult", "StoreResult"]
 
 log = logging.getLogger(__name__)
 
+# The latest expiry a pattern may have: expiry is kept in ns in a signed 64-bit column.
+_MAX_EXPIRY_S = (2**63 - 1) // 1_000_000_000 - 1
+
 Clock = Callable[[], int]  # wall-clock nanoseconds since the epoch
 
 _SCORES = {
@@ -335,9 +338,15 @@ class Engine:
         return self.last_sequence
 
     def _prepare_store(
-        self, req: pb.StorePatternRequest, field: str, now: int
+        self, req: pb.StorePatternRequest, field: str, now: int, call_dims: int | None = None
     ) -> tuple[pb.Pattern, str]:
-        """Check one store against the newest state; return the new state and the old type."""
+        """Check one store against the newest state; return the new state and the old type.
+
+        Everything that can refuse a store is checked here, before the call takes a
+        sequence: a failure after that would leave state no commit ever clears.
+        ``call_dims``: the embedding length an earlier item of the same call set, while
+        the index has none yet.
+        """
         p = req.pattern
         if not p.id:
             p.id = uuid.uuid4().hex
@@ -369,8 +378,14 @@ class Engine:
             ts = p.expires_at
             if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds < 0:
                 raise InvalidArgument(f"{field}.expires_at", "is not a valid timestamp")
+            if ts.seconds > _MAX_EXPIRY_S:
+                raise InvalidArgument(
+                    f"{field}.expires_at",
+                    "is past 2262-04-11, the latest expiry kept (nanoseconds in 64 bits); "
+                    "leave it unset for a pattern that never expires",
+                )
             new.expires_at.CopyFrom(ts)
-        dims = self.memory.vectors.dims
+        dims = self.memory.vectors.dims if call_dims is None else call_dims
         if p.embedding and dims is not None and len(p.embedding) != dims:
             raise InvalidArgument(
                 f"{field}.embedding",
@@ -400,17 +415,20 @@ class Engine:
         # Items of one call may touch the same id: later ones must see earlier ones.
         saved_pending: dict[str, tuple[int, pb.Pattern | None] | None] = {}
         saved_types: set[str] = set()
+        call_dims: int | None = None
         try:
             for i, req in enumerate(requests):
                 field = f"requests[{i}].pattern" if batch else "pattern"
                 try:
-                    new, old_type = self._prepare_store(req, field, now)
+                    new, old_type = self._prepare_store(req, field, now, call_dims)
                 except PatternStoreError as exc:
                     if batch:
                         exc.args = (f"item {i}: {exc.args[0]}; nothing in this call was stored",)
                     raise
                 states.append(new)
                 saved_types.add(old_type)
+                if new.embedding and self.memory.vectors.dims is None:
+                    call_dims = len(new.embedding)
                 # Stage it where _current looks, so a later item of the call sees it.
                 saved_pending.setdefault(new.id, self._pending.get(new.id))
                 self._pending[new.id] = (0, new)
