@@ -19,7 +19,13 @@ from typing import Any
 import apsw
 import grpc
 import pytest
-from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient, RetryPolicy
+from patternstore import (
+    DURABILITY_QUEUED,
+    Pattern,
+    PatternStoreClient,
+    RetryPolicy,
+    update_request,
+)
 
 from .conftest import FakeClock, RunningServer
 from .proc import ServerProcess
@@ -128,6 +134,11 @@ def test_a_full_disk_refuses_writes_clearly_and_recovers(
                     break
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert c.get_pattern("p0").id == "p0"  # reads keep working
+        # A stream is refused at once too, not held until the disk has room again.
+        with pytest.raises(grpc.RpcError) as refused:
+            c.record_outcomes([update_request("p0", "success")], timeout=3)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "commit when writes resume" in (refused.value.details() or "")
         ballast.unlink()  # the operator frees space
         _eventually(lambda: c.store_pattern(Pattern(id="after", type="t")))
         acked.append("after")

@@ -245,7 +245,7 @@ class Engine:
             if state is None:
                 return None
             data = state.SerializeToString()
-        elif pid not in memory:
+        elif self._surely_absent(pid):
             return None  # never stored, or deleted: no SQLite read to say so
         else:
             rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
@@ -271,7 +271,7 @@ class Engine:
             validate.check_id(pid, f"ids[{i}]")
             pending = self._pending.get(pid)
             if pending is None:
-                if pid in memory:
+                if not self._surely_absent(pid):
                     misses.setdefault(pid, []).append(i)
             elif pending[1] is not None:
                 data = pending[1].SerializeToString()
@@ -287,6 +287,14 @@ class Engine:
                 for i in misses[row[0]]:
                     found[i] = data
         return found
+
+    def _surely_absent(self, pid: str) -> bool:
+        """Whether the memory says ``pid`` is not stored, so SQLite need not be asked.
+
+        Not after a failed commit: the memory followed writes that never committed (a
+        delete it forgot, say) and is only rebuilt at the next start.
+        """
+        return self._failure is None and pid not in self.memory
 
     def _current(self, pid: str) -> pb.Pattern | None:
         """The newest accepted state of ``pid``, as a message this write may modify.
@@ -306,7 +314,7 @@ class Engine:
         data = self._tiers.get(pid)
         if data is not None:
             return pb.Pattern.FromString(data)
-        if pid not in self.memory:
+        if self._surely_absent(pid):
             return None
         rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
         return row_to_pattern(rows[0], self._pool.dictionaries) if rows else None
@@ -573,6 +581,12 @@ class Engine:
             # Not urgent: the stream's end (or a later COMMITTED call) waits for it.
             self._enqueue(ops, urgent=False)
         return result
+
+    @property
+    def writes_paused(self) -> bool:
+        """The writer is waiting out a fault (disk full, locked, read-only): writes are
+        refused, and what is queued commits only once it clears."""
+        return self._degraded is not None
 
     @property
     def queue_full(self) -> bool:

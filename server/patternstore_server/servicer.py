@@ -580,15 +580,22 @@ class PatternStoreServicer:
         index = 0
         async for raw in requests:
             m.msg_received.inc()
-            if engine.queue_full:
+            while engine.queue_full and not engine.writes_paused:
                 # Back-pressure instead of refusal: while we wait, HTTP/2 flow control
-                # stops the sender.
+                # stops the sender. A loop: other callers may refill the queue first.
                 await engine.wait_durable()
             try:
                 r = engine.accept_streamed(_parse(pb.UpdateConfidenceRequest, raw), index)
             except NotFound:
                 not_found += 1
             except PatternStoreError as exc:
+                if engine.writes_paused:
+                    # Waiting for them could take as long as the fault lasts: say so now.
+                    exc.args = (
+                        f"{exc.args[0]}; the {accepted} outcomes before it are accepted and "
+                        "commit when writes resume",
+                    )
+                    raise
                 await engine.wait_durable()
                 exc.args = (
                     f"{exc.args[0]}; the {accepted} outcomes before it are applied and durable",
