@@ -190,6 +190,11 @@ class GroupCommitter:
         return self._thread.is_alive() and self._failure is None
 
     @property
+    def running(self) -> bool:
+        """The writer thread has not exited (after close(): it is still committing)."""
+        return self._thread.is_alive()
+
+    @property
     def queued(self) -> int:
         # Read without the lock: a gauge for metrics and stats, where a count one group
         # old is fine (an int read is atomic under the GIL).

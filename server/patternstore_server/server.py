@@ -245,9 +245,24 @@ class PatternStoreServer:
             await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         # A writer stuck on a fault gets the rest of the grace, no more.
         remaining = max(1.0, deadline - time.monotonic())
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close, remaining)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.engine.close, remaining)
+        writer = self.engine.committer
+        # A healthy writer still committing acknowledged QUEUED writes is let finish:
+        # stopping it would lose them (the orchestrator's kill is the only bound then).
+        while writer.running and not self.engine.writes_paused:
+            log.info("waiting for the writer to commit %d queued writes", writer.queued)
+            await loop.run_in_executor(None, self.engine.close, 1.0)
         self.servicer.close()
-        self.pool.close()
+        if writer.running:
+            # Stuck on a fault: its connection is in use on its thread, so it is not
+            # closed under it; the process exits with those writes uncommitted.
+            log.error(
+                "stopping with the writer stuck on a fault; %d queued writes are not committed",
+                writer.queued,
+            )
+        else:
+            self.pool.close()
         if self._http is not None:
             self._http.close()
         log.info("patternstore stopped; durable_sequence=%d", self.engine.durable_sequence)
