@@ -97,6 +97,22 @@ def test_a_store_makes_a_stale_query_reply_impossible(client: PatternStoreClient
     assert l3.hits >= 1
 
 
+def test_a_type_change_clears_the_old_types_replies_again_at_commit(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """A BOUNDED reply for the old type read from SQLite between the accept and the
+    commit of a type change must not outlive the commit."""
+    srv = start_server(clock, queued_delay_ms=60_000.0)  # QUEUED waits for a Flush
+    with PatternStoreClient(srv.target) as c:
+        ids = lambda t: [p.id for p in c.query_patterns(t).patterns]  # noqa: E731
+        c.store_pattern(_p("x", "a"))
+        assert ids("a") == ["x"]
+        c.store_pattern(_p("x", "b"), durability=DURABILITY_QUEUED)  # accepted, queued
+        assert ids("a") == ["x"]  # BOUNDED: SQLite still says "a"; this reply is cached
+        c.flush()
+        assert ids("a") == [] and ids("b") == ["x"]
+
+
 def test_confidence_changes_may_lag_bounded_but_not_strong(client: PatternStoreClient) -> None:
     client.store_patterns([_p("a"), _p("b")])
     first = client.query_patterns("plan").patterns

@@ -420,6 +420,7 @@ class Engine:
             return []
         now = self._clock()
         states: list[pb.Pattern] = []
+        old_types: list[str] = []
         # Items of one call may touch the same id: later ones must see earlier ones.
         saved_pending: dict[str, tuple[int, pb.Pattern | None] | None] = {}
         saved_types: set[str] = set()
@@ -434,6 +435,7 @@ class Engine:
                         exc.args = (f"item {i}: {exc.args[0]}; nothing in this call was stored",)
                     raise
                 states.append(new)
+                old_types.append(old_type)
                 saved_types.add(old_type)
                 if new.embedding and self.memory.vectors.dims is None:
                     call_dims = len(new.embedding)
@@ -452,9 +454,10 @@ class Engine:
         touched = {state.type for state in states}
         touched.update(t for t in saved_types if t)
         self.l3.invalidate(touched)
-        for state in states:
+        for state, old_type in zip(states, old_types, strict=True):
             seq = self._next_sequence()
-            ops.append(Put(seq, state.id, pattern_row(state, seq)))
+            changed = old_type if old_type != state.type else ""
+            ops.append(Put(seq, state.id, pattern_row(state, seq), changed))
             self._pending[state.id] = (seq, state)
             self._invalidate(state.id)
             self.memory.remember(state, now)
@@ -704,7 +707,12 @@ class Engine:
                     n_updates += 1
                 else:
                     n_patterns += 1
-                    touched.add(op.type if isinstance(op, Delete) else op.row[_TYPE_AT])
+                    if isinstance(op, Delete):
+                        touched.add(op.type)
+                    else:
+                        touched.add(op.row[_TYPE_AT])
+                        if op.old_type:
+                            touched.add(op.old_type)
                 pid = op.id
                 pending = self._pending.get(pid)
                 if pending is not None and pending[0] == op.sequence:

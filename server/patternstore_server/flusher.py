@@ -53,6 +53,9 @@ class Put:
     sequence: int
     id: str
     row: tuple[Any, ...]
+    # The type this pattern had before (newest accepted), when it changes: its cached
+    # query replies go again at commit, like the new type's.
+    old_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
