@@ -139,3 +139,31 @@ def test_int8_embeddings_within_their_stated_error(start_server: Any, clock: Fak
         got = np.array(c.get_pattern("e").embedding, dtype="float32")
     assert np.max(np.abs(got - vec)) <= 3.93e-3
     assert not np.array_equal(got, vec)  # it really is the lossy format
+
+
+def test_a_training_with_too_few_samples_is_retried_only_after_more_blobs(
+    tmp_path: Path,
+) -> None:
+    """Each attempt samples the whole blobs table; after a failed one the writer must
+    not try again after every commit."""
+    pool = ConnectionPool(tmp_path / "p.db", ConnectionOptions())
+    conn = pool.writer()
+    store = PayloadStore(conn, pool.dictionaries, dict_min_samples=5)
+
+    def put(pid: str, body: bytes) -> None:
+        p = Pattern(id=pid, type="t", data=body, alpha=1, beta=1)
+        with conn:
+            conn.execute(q.UPSERT_PATTERN, store.put_row(conn, pattern_row(p, 1)))
+
+    for i in range(5):  # due (5 blobs), but fewer than the 8 samples a training needs
+        put(f"a{i}", _payload(i))
+    assert not store.maybe_train(conn)
+    sampled = []
+    conn.set_profile(lambda sql, ns: sampled.append(sql) if "random()" in sql else None)
+    for i in range(4):  # fewer than dict_min_samples more: no new attempt
+        put(f"b{i}", _payload(100 + i))
+        assert not store.maybe_train(conn)
+    assert sampled == []
+    put("b4", _payload(104))  # now 10 blobs: tried again, and trained
+    assert store.maybe_train(conn) and len(pool.dictionaries) == 1
+    assert len(sampled) == 1

@@ -331,7 +331,12 @@ class GroupCommitter:
         self.items += n
         self.last_commit_seconds = elapsed
         if self.batch_observer is not None:
-            self.batch_observer(n, elapsed)
+            # Committed already: a failing observer (metrics) must not be taken for a
+            # failed commit, which would fail the waiters of writes that are durable.
+            try:
+                self.batch_observer(n, elapsed)
+            except Exception:
+                log.exception("batch observer failed (the batch is committed)")
 
     def _record_sequences(self, conn: apsw.Connection, last: int) -> None:
         conn.execute(q.META_SET, ("durable_sequence", last))

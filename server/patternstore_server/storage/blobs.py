@@ -123,6 +123,7 @@ class PayloadStore:
         # would scan it.
         row = conn.execute(_COUNT_BLOBS).fetchone()
         self._blob_count: int = row[0] if row else 0
+        self._retry_at_count = 0  # see maybe_train
 
     # -- inside the writer's transaction -----------------------------------------------
 
@@ -187,6 +188,11 @@ class PayloadStore:
         due_first = self._encoder.dictionary is None and self._blob_count >= self._dict_min_samples
         if not (force or due_first or self._tracker.drifted()):
             return False
+        if not force and self._blob_count < self._retry_at_count:
+            return False  # the last attempt failed or had too few samples: wait for more
+        # Until this attempt succeeds: a failed one is retried only after dict_min_samples
+        # more blobs, not after every commit (each samples the whole blobs table).
+        self._retry_at_count = self._blob_count + self._dict_min_samples
         started = time.perf_counter()
         dictionaries = dict(self.dictionaries)
         samples = [
@@ -204,6 +210,7 @@ class PayloadStore:
             saved = payload.saved_fraction(encoder, samples)
             conn.execute("UPDATE dictionaries SET saved = ? WHERE id = ?", (saved, dict_id))
         self.dictionaries[dict_id] = trained
+        self._retry_at_count = 0
         self._encoder = encoder
         self._tracker.reset(saved)
         self.trainings += 1
