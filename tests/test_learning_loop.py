@@ -10,7 +10,13 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from patternstore import ORDER_BY_THOMPSON, Pattern, PatternStoreClient, update_request
+from patternstore import (
+    ORDER_BY_THOMPSON,
+    Pattern,
+    PatternStoreClient,
+    StorePatternRequest,
+    update_request,
+)
 
 from .conftest import FakeClock
 
@@ -224,6 +230,22 @@ def test_expired_patterns_are_invisible_then_pruned(
     done = client.prune_patterns()
     assert done.expired == 1 and done.sequence > 0
     assert client.get_stats().patterns == 1
+
+
+def test_one_call_restoring_an_expired_id_sees_its_own_earlier_items(
+    client: PatternStoreClient, clock: FakeClock
+) -> None:
+    soon = Timestamp()
+    soon.FromNanoseconds(clock.now_ns + 10 * 10**9)
+    client.store_pattern(Pattern(id="e", type="t", expires_at=soon))
+    clock.advance(11)  # expired: the next store recreates it
+    again = StorePatternRequest(pattern=Pattern(id="e", type="t"), create_only=True)
+    with pytest.raises(grpc.RpcError) as exc:
+        client.store_patterns([Pattern(id="e", type="t"), again])
+    assert _code(exc) == grpc.StatusCode.ALREADY_EXISTS  # item 0 recreated it
+    assert "item 1" in exc.value.details()  # type: ignore[attr-defined]
+    r = client.store_patterns([Pattern(id="e", type="t"), Pattern(id="e", type="t")])
+    assert [(x.version, x.created) for x in r.results] == [(1, True), (2, False)]
 
 
 def test_pruning_by_confidence_and_idleness(start_server: Any, clock: FakeClock) -> None:

@@ -48,6 +48,7 @@ from .flusher import Delete, GroupCommitter, Learn, Op, Put, Rank
 from .memory import PatternMemory
 from .model import (
     evidence_of,
+    expires_ns,
     learn,
     pattern_row,
     row_to_pattern,
@@ -301,13 +302,18 @@ class Engine:
 
         An expired pattern counts as gone: a store recreates it, an outcome finds nothing.
         """
-        if self.memory.expired(pid, self._clock()):
-            return None
         pending = self._pending.get(pid)
         if pending is not None:
+            # Looked at before the memory's expiry: an item staged earlier in the same
+            # StorePatterns call is newer than what the memory knows.
+            state = pending[1]
+            if state is not None and 0 < expires_ns(state) <= self._clock():
+                return None
             # Only the acceptor holds pending messages (queued ops carry row snapshots),
             # so the newest state can be modified in place.
-            return pending[1]
+            return state
+        if self.memory.expired(pid, self._clock()):
+            return None
         recent = self._recent.pop(pid, None)
         if recent is not None:
             return recent
