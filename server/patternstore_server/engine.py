@@ -871,7 +871,13 @@ class Engine:
             return taken, 0
         last = 0
         touched = False
+        # What was really deleted: a chunk re-checks its ids, and a refusal after some
+        # chunks were queued ends the pass with those (the reply must list them).
+        deleted: dict[str, list[str]] = {why: [] for why in taken}
+        refused = False
         for why, ids in taken.items():
+            if refused:
+                break
             for lo in range(0, len(ids), _PRUNE_CHUNK):
                 # Re-checked per chunk: between chunks the loop serves other calls, and a
                 # write may have made a pattern worth keeping again.
@@ -890,7 +896,14 @@ class Engine:
                 ]
                 if not chunk:
                     continue
-                self._admit(len(chunk))
+                try:
+                    self._admit(len(chunk))
+                except PatternStoreError:
+                    if not last:
+                        raise  # nothing queued yet: refuse the whole call
+                    log.warning("pruning pass cut short: writes are refused now")
+                    refused = True
+                    break
                 if not touched:
                     # The pruned patterns' types are not all known: drop every cached reply.
                     self.l3.clear()
@@ -906,13 +919,14 @@ class Engine:
                     self._forget(pid)
                 self.pruned[why] += len(ops)
                 self._pending_patterns += len(ops)
+                deleted[why] += chunk
                 await self._submit(ops, durable=False)
                 last = ops[-1].sequence
                 # Let reads in between chunks: one pass must not stall the loop for long.
                 await asyncio.sleep(0)
         if last:
             await self.wait_durable(last)
-        return taken, last
+        return deleted, last
 
     def warm(self, count: int) -> tuple[int, float]:
         """Load the ``count`` patterns most likely to be read into the caches.
