@@ -167,3 +167,28 @@ def test_a_training_with_too_few_samples_is_retried_only_after_more_blobs(
     put("b4", _payload(104))  # now 10 blobs: tried again, and trained
     assert store.maybe_train(conn) and len(pool.dictionaries) == 1
     assert len(sampled) == 1
+
+
+def test_a_rolled_back_transaction_leaves_the_counters_as_they_were(tmp_path: Path) -> None:
+    """The writer retries a batch through a transient fault: each try's blobs must be
+    counted once (the count decides when the first dictionary is trained)."""
+    pool = ConnectionPool(tmp_path / "p.db", ConnectionOptions())
+    conn = pool.writer()
+    store = PayloadStore(conn, pool.dictionaries, dict_min_samples=3)
+    rows = [
+        pattern_row(Pattern(id=f"r{i}", type="t", data=_payload(i), alpha=1, beta=1), 1)
+        for i in range(2)
+    ]
+    before = store.mark()
+    conn.execute("BEGIN IMMEDIATE")
+    for row in rows:
+        conn.execute(q.UPSERT_PATTERN, store.put_row(conn, row))
+    assert store.mark() != before  # counted inside the transaction
+    conn.execute("ROLLBACK")
+    store.restore(before)
+    assert store.mark() == before
+    with conn:  # the retry that commits: counted once
+        for row in rows:
+            conn.execute(q.UPSERT_PATTERN, store.put_row(conn, row))
+    (stored,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+    assert store.mark()[0] == before[0] + 2 == stored

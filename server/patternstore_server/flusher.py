@@ -307,6 +307,7 @@ class GroupCommitter:
         started = time.perf_counter()
         conn = self._conn
         n = reranked = 0
+        counted = self._blobs.mark()
         with storage_errors("committing a batch"):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -320,6 +321,7 @@ class GroupCommitter:
             except BaseException:
                 if not conn.getautocommit():
                     conn.execute("ROLLBACK")
+                self._blobs.restore(counted)
                 raise
         if reranked:
             self._unranked.clear()

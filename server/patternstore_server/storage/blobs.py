@@ -181,6 +181,20 @@ class PayloadStore:
         self.bytes_in[field] += raw
         self.bytes_out[field] += stored
 
+    # -- around a transaction ----------------------------------------------------------
+
+    def mark(self) -> tuple[int, dict[str, int], dict[str, int]]:
+        """The in-memory counters before a transaction, for ``restore`` on rollback."""
+        return self._blob_count, dict(self.bytes_in), dict(self.bytes_out)
+
+    def restore(self, mark: tuple[int, dict[str, int], dict[str, int]]) -> None:
+        """Undo what a rolled-back transaction counted: the writer retries a batch
+        through a transient fault, and each try would count its blobs again (the blob
+        count decides when the first dictionary is trained)."""
+        self._blob_count = mark[0]
+        self.bytes_in.update(mark[1])  # in place: metrics read these dicts
+        self.bytes_out.update(mark[2])
+
     # -- between transactions ----------------------------------------------------------
 
     def maybe_train(self, conn: apsw.Connection, force: bool = False) -> bool:
