@@ -356,10 +356,21 @@ MAX_ABS_ERROR_UNIT_RANGE = {
 
 
 def test_stated_max_abs_errors_per_setting() -> None:
-    """The figures DESIGN.md quotes, for vectors in [-1, 1]."""
+    """The figures DESIGN.md quotes, for vectors in [-1, 1], and the codec's own bound
+    for a vector spanning that whole range."""
     assert MAX_ABS_ERROR_UNIT_RANGE["float16"] == pytest.approx(2.44e-4, rel=1e-2)
     assert MAX_ABS_ERROR_UNIT_RANGE["int16"] == pytest.approx(1.53e-5, rel=1e-2)
     assert MAX_ABS_ERROR_UNIT_RANGE["int8"] == pytest.approx(3.92e-3, rel=1e-2)
+    full_span = np.array([1.0, -1.0, 0.3], dtype=np.float32)
+    for storage in ("int16", "int8"):  # quantised: the bound is half a step of the span
+        bound = embedding.max_abs_error_bound(full_span, storage)
+        assert bound == pytest.approx(MAX_ABS_ERROR_UNIT_RANGE[storage], rel=1e-3)
+    # float16's bound is per vector (an ulp at its largest component), never below the
+    # half ulp below 1.0 quoted above.
+    assert (
+        embedding.max_abs_error_bound(full_span, "float16") >= MAX_ABS_ERROR_UNIT_RANGE["float16"]
+    )
+    assert embedding.max_abs_error_bound(full_span, "float32") == 0.0
 
 
 _unit_range = st.floats(min_value=-1.0, max_value=1.0, width=32)
