@@ -270,7 +270,11 @@ def test_get_or_load_calls_loader_once_for_concurrent_misses(policy: str) -> Non
     ]
     for thread in threads:
         thread.start()
-    time.sleep(0.05)  # let every thread reach the wait
+    # Every thread has missed (so it leads the load or waits on it) before the load ends.
+    deadline = time.monotonic() + 10
+    while locked.stats()["misses"] < 10:
+        assert time.monotonic() < deadline, locked.stats()
+        time.sleep(0.001)
     release.set()
     for thread in threads:
         thread.join()
