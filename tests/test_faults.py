@@ -1,7 +1,8 @@
-"""Faults: a lock held by another process, a full disk, a corrupt WAL tail.
+"""Faults: a lock held by another process, a full disk, a corrupt WAL tail, a rotten row,
+a commit SQLite refuses for good.
 
-Each gets a clear status, reads keep working, writes resume once the fault is gone, and
-nothing acknowledged is lost.
+Each gets a clear status, reads keep working (and stay true), writes resume once the
+fault is gone (or after a restart, for a failed commit), and nothing acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -207,3 +208,43 @@ def test_a_row_that_does_not_decode_is_data_loss_for_that_pattern_only(
             assert err.value.code() == grpc.StatusCode.DATA_LOSS
             assert "does not decode" in (err.value.details() or "")
         assert c.get_pattern("good").data == b'{"stays": "fine"}'  # still serving
+
+
+def test_a_failed_commit_refuses_writes_and_reads_still_tell_the_truth(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    # A fault SQLite reports as permanent (a constraint, here a trigger another process
+    # added) fails the commit for good: the server must not retry it forever, must
+    # refuse further writes, and must not answer reads from a memory that followed the
+    # write that never committed.
+    srv = start_server()
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
+        c.store_pattern(Pattern(id="kept", type="t", data=b"still here"))
+        c.store_pattern(Pattern(id="other", type="t"))
+        with apsw.Connection(str(tmp_path / "data" / "patterns.db")) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse_deletes BEFORE DELETE ON patterns "
+                "BEGIN SELECT RAISE(ABORT, 'deletes refused by the test'); END"
+            )
+        with pytest.raises(grpc.RpcError) as failed:
+            c.delete_pattern("kept")
+        assert _code(failed) == grpc.StatusCode.INTERNAL
+        assert "deletes refused by the test" in (failed.value.details() or "")
+        # The delete never committed, so the pattern is still there: not NOT_FOUND.
+        assert c.get_pattern("kept").data == b"still here"
+        assert not c.get_patterns(["kept", "other"]).missing_ids
+        with pytest.raises(grpc.RpcError) as refused:
+            c.store_pattern(Pattern(id="later", type="t"))
+        assert _code(refused) == grpc.StatusCode.UNAVAILABLE
+        assert "restart the server" in (refused.value.details() or "")
+        assert c.health() == "NOT_SERVING"
+    srv.stop()
+    with apsw.Connection(str(tmp_path / "data" / "patterns.db")) as conn:
+        conn.execute("DROP TRIGGER refuse_deletes")
+    srv = start_server()
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
+        assert c.get_pattern("kept").data == b"still here"
+        c.delete_pattern("kept")  # and writes work again after the restart
+        with pytest.raises(grpc.RpcError) as gone:
+            c.get_pattern("kept")
+        assert _code(gone) == grpc.StatusCode.NOT_FOUND
