@@ -134,6 +134,34 @@ def test_sigterm_drains_queued_writes(tmp_path: Path) -> None:
         restarted.close()
 
 
+def test_sigterm_waits_for_a_healthy_writer_past_the_grace_period(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data, "--grace-s", "0.3")
+    try:
+        with PatternStoreClient(server.target) as c:
+            c.store_pattern(Pattern(id="first", type="drain"))
+            # Every insert now costs a 3,375,000-row join (~30 ms here): 60 queued
+            # stores take the writer well past the 0.3 s grace, yet it is healthy.
+            with apsw.Connection(str(data / "patterns.db")) as conn:
+                conn.setbusytimeout(5000)
+                conn.execute(
+                    "CREATE TABLE slow(x);"
+                    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 150)"
+                    " INSERT INTO slow SELECT x FROM n;"
+                    "CREATE TRIGGER slow_inserts BEFORE INSERT ON patterns"
+                    " BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"
+                )
+            for i in range(60):
+                c.store_pattern(Pattern(id=f"q{i}", type="drain"), durability=DURABILITY_QUEUED)
+            assert c.get_stats().durable_sequence < 61
+        assert server.terminate() == 0
+        assert "waiting for the writer to commit" in server.log()
+    finally:
+        server.close()
+    with apsw.Connection(str(data / "patterns.db"), flags=apsw.SQLITE_OPEN_READONLY) as conn:
+        assert conn.execute("SELECT count(*) FROM patterns").fetchall() == [(61,)]
+
+
 def test_a_committed_call_that_writes_nothing_still_makes_earlier_writes_durable(
     start_server: Callable[..., RunningServer],
 ) -> None:
