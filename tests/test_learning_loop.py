@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
+import apsw
 import grpc
 import numpy as np
 import pytest
@@ -265,6 +267,38 @@ def test_pruning_by_confidence_and_idleness(start_server: Any, clock: FakeClock)
         assert sorted(r.ids) == ["bad", "idle"]
         left = c.get_patterns(["bad", "young", "good", "idle"])
         assert [p.id for p in left.patterns] == ["young", "good"]
+
+
+def test_a_prune_pass_refused_midway_returns_the_deletes_it_queued(
+    start_server: Any, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Deletes made slow (a trigger added by another connection, ~1 ms each) keep the
+    # pass's first 500-id chunk in the queue while it offers the second, which a
+    # 600-write queue refuses: the reply must list the 500 queued (they are deleted),
+    # not fail with them in flight.
+    srv = start_server(clock, max_queue=600, prune_interval_s=3600.0)
+    soon = Timestamp()
+    soon.FromNanoseconds(clock.now_ns + 10 * 10**9)
+    ids = [f"e{i:04d}" for i in range(1200)]
+    with PatternStoreClient(srv.target) as c:
+        for lo in range(0, len(ids), 300):
+            c.store_patterns([Pattern(id=x, type="t", expires_at=soon) for x in ids[lo : lo + 300]])
+        with apsw.Connection(str(tmp_path / "data" / "patterns.db")) as conn:
+            conn.setbusytimeout(5000)
+            conn.execute(
+                "CREATE TABLE slow(x);"
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 50)"
+                " INSERT INTO slow SELECT x FROM n;"
+                "CREATE TRIGGER slow_deletes BEFORE DELETE ON patterns"
+                " BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"
+            )
+        clock.advance(11)
+        r = c.prune_patterns()
+        assert (r.expired, len(r.ids)) == (500, 500) and r.sequence > 0
+        assert c.get_stats().patterns == 700
+    with apsw.Connection(str(tmp_path / "data" / "patterns.db")) as conn:
+        left = {row[0] for row in conn.execute("SELECT id FROM patterns")}
+    assert left == set(ids) - set(r.ids)
 
 
 def test_a_prune_pass_rechecks_patterns_written_since_its_scan() -> None:
