@@ -50,8 +50,11 @@ def _no_checkpoint(conn: apsw.Connection, _: ConnectionOptions) -> None:
 
 
 def _writer_cache(conn: apsw.Connection, _: ConnectionOptions) -> None:
-    """16 MiB of page cache for the writer: index pages it updates stay hot."""
-    conn.pragma("cache_size", -16384)
+    """4 MiB of page cache for the writer: enough for the pages one group commit dirties;
+    pages it only reads come through the memory map. Loading 300,000 patterns ran as
+    fast as with 16 MiB (medians ~12,400/s and ~12,700/s over four alternating runs,
+    within the noise) and left 9-10 MB less RssAnon."""
+    conn.pragma("cache_size", -4096)
     conn.pragma("mmap_size", 256 * 1024 * 1024)
 
 
