@@ -304,12 +304,13 @@ def test_a_prune_pass_refused_midway_returns_the_deletes_it_queued(
 def test_a_prune_pass_rechecks_patterns_written_since_its_scan() -> None:
     from patternstore_server.ranking import Posteriors
 
+    S = 10**9
     p = Posteriors(capacity=2)
     for i in range(5):  # grows past its capacity
-        p.set(f"x{i}", "t", 1.0, 9.0, 0.1, 8, 0, 100)
+        p.set(f"x{i}", "t", 1.0, 9.0, 0.1, 8, 0, 100 * S)
     found = p.prunable(1_000, below_confidence=0.3, min_evidence=5, idle_before_ns=0)
     assert found["low_confidence"] == ["x0", "x1", "x2", "x3", "x4"]
-    p.learn("x2", 9.0, 1.0, 0.9, 9, 500)  # outcomes arrived after the scan
+    p.learn("x2", 9.0, 1.0, 0.9, 9, 500 * S)  # outcomes arrived after the scan
     p.remove("x3")  # and a delete
     keep = [
         pid
@@ -320,9 +321,15 @@ def test_a_prune_pass_rechecks_patterns_written_since_its_scan() -> None:
     p.set("e", "t", 1.0, 1.0, 0.5, 0, 900, 100)
     assert p.qualifies("e", "expired", 1_000, 0.3, 5, 0)
     assert not p.qualifies("e", "expired", 800, 0.3, 5, 0)
-    assert p.qualifies("x0", "idle", 1_000, 0.3, 5, 200) and not p.qualifies(
-        "x2", "idle", 1_000, 0.3, 5, 200
+    assert p.qualifies("x0", "idle", 1_000, 0.3, 5, 200 * S) and not p.qualifies(
+        "x2", "idle", 1_000, 0.3, 5, 200 * S
     )
+    # Activity is kept in whole seconds, rounded up: pruned up to a second late, never early.
+    p.touch("x0", 199 * S + S // 2)
+    assert not p.qualifies("x0", "idle", 1_000, 0.3, 5, 200 * S)
+    p.touch("x0", 198 * S + S // 2)
+    assert p.qualifies("x0", "idle", 1_000, 0.3, 5, 200 * S)
+    assert p.prunable(1_000, 0.0, 5, 200 * S)["idle"] == ["x0", "x1", "x4"]
     # A prune's delete names the pattern's type (its cached query replies go at commit).
-    p.set("x1", "other", 1.0, 9.0, 0.1, 8, 0, 100)  # re-stored with another type
+    p.set("x1", "other", 1.0, 9.0, 0.1, 8, 0, 100 * S)  # re-stored with another type
     assert [p.type_of(pid) for pid in ("x0", "x1", "x3", "e")] == ["t", "other", None, "t"]

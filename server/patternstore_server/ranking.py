@@ -21,6 +21,9 @@ __all__ = ["Posteriors"]
 _F8 = npt.NDArray[np.float64]
 _F4 = npt.NDArray[np.float32]
 _I8 = npt.NDArray[np.int64]
+_U4 = npt.NDArray[np.uint32]
+
+_U4_MAX = 2**32 - 1
 
 # The per-row arrays, in the order a moved row is copied.
 _COLUMNS = ("_type", "_alpha", "_beta", "_confidence", "_usage", "_expires", "_active")
@@ -46,9 +49,13 @@ class Posteriors:
         self._alpha: _F4 = np.zeros(0, dtype=np.float32)
         self._beta: _F4 = np.zeros(0, dtype=np.float32)
         self._confidence: _F8 = np.zeros(0)
-        self._usage: _I8 = np.zeros(0, dtype=np.int64)
+        # uint32, 8 bytes a pattern less again: usage only meets min_evidence (it
+        # saturates, never wraps), and last activity only meets an idle limit given in
+        # seconds, so it is kept in whole seconds, rounded up (a pattern is pruned up to
+        # a second late, never early; good until 2106). Expiry stays exact, in ns.
+        self._usage: _U4 = np.zeros(0, dtype=np.uint32)
         self._expires: _I8 = np.zeros(0, dtype=np.int64)
-        self._active: _I8 = np.zeros(0, dtype=np.int64)
+        self._active: _U4 = np.zeros(0, dtype=np.uint32)
         self._resize(max(1, capacity))
 
     def __len__(self) -> int:
@@ -94,16 +101,16 @@ class Posteriors:
         active_ns: int,
     ) -> None:
         if len(self._keys) >= self._capacity:
-            # 1.5x rather than 2x: at a million patterns the slack is rows of 44 bytes.
+            # 1.5x rather than 2x: at a million patterns the slack is rows of 36 bytes.
             self._resize(self._capacity + max(1024, self._capacity // 2))
         slot, _ = self._keys.get_or_add(pid.encode())
         self._type[slot] = self._type_code(ptype)
         self._alpha[slot] = alpha
         self._beta[slot] = beta
         self._confidence[slot] = confidence
-        self._usage[slot] = usage
+        self._usage[slot] = min(usage, _U4_MAX)
         self._expires[slot] = expires_ns
-        self._active[slot] = active_ns
+        self._active[slot] = _seconds_up(active_ns)
 
     def learn(
         self, pid: str, alpha: float, beta: float, confidence: float, usage: int, active_ns: int
@@ -113,8 +120,8 @@ class Posteriors:
             self._alpha[slot] = alpha
             self._beta[slot] = beta
             self._confidence[slot] = confidence
-            self._usage[slot] = usage
-            self._active[slot] = active_ns
+            self._usage[slot] = min(usage, _U4_MAX)
+            self._active[slot] = _seconds_up(active_ns)
 
     def remove(self, pid: str) -> None:
         key = pid.encode()
@@ -183,7 +190,8 @@ class Posteriors:
             reasons["low_confidence"] = low
             taken |= low
         if idle_before_ns > 0:
-            reasons["idle"] = live & ~taken & (self._active[:n] < idle_before_ns)
+            idle_before = idle_before_ns // 10**9
+            reasons["idle"] = live & ~taken & (self._active[:n] < idle_before)
         return {
             why: self._keys.keys_at(np.flatnonzero(mask).tolist()) for why, mask in reasons.items()
         }
@@ -207,10 +215,15 @@ class Posteriors:
             return bool(
                 self._confidence[slot] < below_confidence and self._usage[slot] >= min_evidence
             )
-        return bool(self._active[slot] < idle_before_ns)
+        return bool(self._active[slot] < idle_before_ns // 10**9)
 
     def touch(self, pid: str, now_ns: int) -> None:
         """A read: the pattern is not idle."""
         slot = self._slot(pid)
         if slot >= 0:
-            self._active[slot] = now_ns
+            self._active[slot] = _seconds_up(now_ns)
+
+
+def _seconds_up(ns: int) -> int:
+    """``ns`` in whole seconds, rounded up, within uint32."""
+    return min(max(0, -(-ns // 10**9)), _U4_MAX)
