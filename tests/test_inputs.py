@@ -224,6 +224,27 @@ def test_queue_full_is_resource_exhausted(start_server: Any, clock: FakeClock) -
         assert c.store_pattern(Pattern(id="p4", type="t")).created
 
 
+def test_a_call_bigger_than_the_queue_is_invalid_not_exhausted(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """Retrying would never help (clients retry RESOURCE_EXHAUSTED): the caller is told
+    to split the call, and a call that fits still goes through."""
+    srv = start_server(clock, max_queue=5)
+    with PatternStoreClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as exc:
+            c.store_patterns([Pattern(id=f"p{i}", type="t") for i in range(6)])
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        details = exc.value.details()  # type: ignore[attr-defined]
+        assert details.startswith("requests: 6 writes") and "max_queue=5" in details
+        assert "split it into calls of at most 5" in details
+        assert len(c.store_patterns([Pattern(id=f"p{i}", type="t") for i in range(5)]).results) == 5
+        with pytest.raises(grpc.RpcError) as exc:
+            c.update_confidence_batch([update_request("p0", "success")] * 6)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert exc.value.details().startswith("updates: 6 writes")  # type: ignore[attr-defined]
+        assert c.get_pattern("p0").version == 1  # nothing of the refused call applied
+
+
 def test_a_batch_whose_embeddings_disagree_is_refused_whole(client: PatternStoreClient) -> None:
     """The first embedding ever stored sets the dimension: two in one call must agree,
     checked before anything takes a sequence (a failure after that left phantom state)."""

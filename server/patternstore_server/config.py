@@ -52,7 +52,9 @@ class Settings:
         "commit): fewer, larger transactions; the most a QUEUED write can lag",
     )
     max_queue: int = _setting(
-        20_000, "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED"
+        10_000,
+        "queued writes not yet committed; beyond it writes get RESOURCE_EXHAUSTED "
+        "(a call carrying more is INVALID_ARGUMENT)",
     )
     synchronous: str = _setting(
         "NORMAL",

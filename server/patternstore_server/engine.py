@@ -327,7 +327,16 @@ class Engine:
 
     # -- writes ------------------------------------------------------------------------
 
-    def _admit(self, n_ops: int) -> None:
+    def _admit(self, n_ops: int, field: str = "") -> None:
+        if n_ops > self._max_queue:
+            # Never admitted, however long the caller waits: not RESOURCE_EXHAUSTED
+            # (which clients retry), but a request to split the call.
+            raise InvalidArgument(
+                field or "request",
+                f"{n_ops} writes in one call, more than the server queues at once "
+                f"(max_queue={self._max_queue}); split it into calls of at most "
+                f"{self._max_queue}",
+            )
         if self._degraded is not None:
             raise self._degraded
         if self._failure is not None:
@@ -420,7 +429,7 @@ class Engine:
         self, requests: Sequence[pb.StorePatternRequest], durable: bool, batch: bool
     ) -> list[StoreResult]:
         """Store one or more patterns atomically: all are accepted or none is."""
-        self._admit(len(requests))
+        self._admit(len(requests), "requests")
         if not requests:
             await self._submit([], durable)
             return []
@@ -567,7 +576,7 @@ class Engine:
         self, updates: Sequence[pb.UpdateConfidenceRequest], durable: bool
     ) -> list[OutcomeResult | PatternStoreError]:
         """Apply outcomes in order; a bad item fails alone (its error is returned in place)."""
-        self._admit(len(updates))
+        self._admit(len(updates), "updates")
         now = self._clock()
         ops: list[Op] = []
         results: list[OutcomeResult | PatternStoreError] = []
@@ -878,13 +887,14 @@ class Engine:
         for why, ids in taken.items():
             if refused:
                 break
-            for lo in range(0, len(ids), _PRUNE_CHUNK):
+            step = min(_PRUNE_CHUNK, self._max_queue)
+            for lo in range(0, len(ids), step):
                 # Re-checked per chunk: between chunks the loop serves other calls, and a
                 # write may have made a pattern worth keeping again.
                 now = self._clock()
                 chunk = [
                     pid
-                    for pid in ids[lo : lo + _PRUNE_CHUNK]
+                    for pid in ids[lo : lo + step]
                     if posteriors.qualifies(
                         pid,
                         why,
