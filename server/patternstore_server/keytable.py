@@ -4,7 +4,7 @@ The server keeps a row per pattern in numpy arrays in two places (the posteriors
 Thompson ranking and pruning, the vector index); both map ids to rows with this
 table. A ``dict[str, int]`` costs about 150 bytes an id (the str object and the dict
 entry), which at 1,000,000 patterns was most of the server's memory; this costs
-``len(id) + 10`` bytes plus 8-16 bytes of table.
+``len(id) + 6`` bytes plus 6-16 bytes of table.
 
 Not thread-safe: one thread mutates and reads it (the event loop for the posteriors,
 the event loop thread too for the vector index, under its write lock for changes).
@@ -35,7 +35,7 @@ class KeyTable:
     Open addressing (linear probing) over an int32 table; ids are kept as UTF-8 in one
     bytearray arena, addressed per slot by (start, length). A dict of str would cost
     about 150 bytes an id, a third of a 384-dim int8 vector; this costs
-    ``len(id) + 10`` plus 6-16 bytes of table. ``array.array`` rather than numpy:
+    ``len(id) + 6`` plus 6-16 bytes of table. ``array.array`` rather than numpy:
     probing reads single cells, and indexing an array.array is several times cheaper
     than a numpy scalar read.
 

@@ -352,7 +352,7 @@ class VectorIndex:
 
     def _resize_rows(self, capacity: int) -> None:
         # The per-row arrays are copied on every chunk added (a chunk of rows at a
-        # time, 14 bytes a row): about 30 ms in total for a 100,000-row build.
+        # time, 16 bytes a row): about 30 ms in total for a 100,000-row build.
         self._scale = _resized(self._scale, capacity)
         self._type = _resized(self._type, capacity)
         self._confidence = _resized(self._confidence, capacity)
