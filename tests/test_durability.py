@@ -73,7 +73,12 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     try:
         for t in threads:
             t.start()
-        time.sleep(1.5)
+        # Kill once every worker has some acknowledged writes (however slow the machine),
+        # plus a moment so the kill lands mid-call.
+        deadline = time.monotonic() + 60
+        while min(led.acks for led in ledgers.values()) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
         server.kill9()  # mid-stream: the workers are still writing
         stop.set()
         for t in threads:
@@ -82,7 +87,7 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
         server.close()
     acks = sum(led.acks for led in ledgers.values())
     print(f"acknowledged writes before the kill: {acks}")
-    assert acks > 100, "the workers hardly wrote"
+    assert min(led.acks for led in ledgers.values()) >= 30, "a worker never got going"
 
     with apsw.Connection(str(data / "patterns.db")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -168,8 +173,8 @@ def test_a_committed_call_that_writes_nothing_still_makes_earlier_writes_durable
     """A COMMITTED reply makes the caller's earlier QUEUED writes durable, whatever the
     call itself wrote: the chaos test once lost QUEUED outcomes acknowledged by a batch
     whose ids were all unknown, which the server had answered without waiting."""
-    # A slow group commit keeps the QUEUED writes in the queue when the call arrives.
-    server = start_server(max_delay_ms=300.0, max_batch=10_000)
+    # QUEUED writes stay in the queue (queued_delay_ms) until a call waits for them.
+    server = start_server(max_delay_ms=1.0, queued_delay_ms=60_000.0, max_batch=10_000)
     engine = server.server.engine
     with PatternStoreClient(server.target, timeout=10) as c:
         c.store_pattern(Pattern(id="known", type="t"))
@@ -196,22 +201,19 @@ def test_queued_writes_wait_for_queued_delay_unless_someone_waits(
     # A batch only QUEUED writes wait in stays open for queued_delay_ms; a COMMITTED
     # call, a Flush or a stream's end closes it at max_delay_ms.
     srv = start_server(max_delay_ms=1.0, queued_delay_ms=60_000.0)
-    with PatternStoreClient(srv.target) as c:
+    # A call left waiting for the 60 s batch fails DEADLINE_EXCEEDED instead.
+    with PatternStoreClient(srv.target, timeout=20) as c:
         r = c.store_pattern(Pattern(id="q", type="t"), durability=DURABILITY_QUEUED)
         time.sleep(0.3)
         assert c.get_stats().durable_sequence < r.sequence  # still in the open batch
-        t0 = time.monotonic()
         c.store_pattern(Pattern(id="c", type="t"))  # COMMITTED: closes the batch now
-        assert time.monotonic() - t0 < 5.0
         assert c.get_stats().durable_sequence >= r.sequence
         r = c.store_pattern(Pattern(id="q2", type="t"), durability=DURABILITY_QUEUED)
         time.sleep(0.1)
         assert c.get_stats().durable_sequence < r.sequence
         assert c.flush().durable_sequence >= r.sequence  # a Flush closes it too
         # A stream's own outcomes are QUEUED; its end waits for them, promptly.
-        t0 = time.monotonic()
         reply = c.record_outcomes([update_request("q", "success")] * 3)
-        assert time.monotonic() - t0 < 5.0
         assert reply.accepted == 3 and reply.durable_sequence >= r.sequence + 3
     srv.stop()
     srv = start_server(max_delay_ms=1.0, queued_delay_ms=50.0)

@@ -212,7 +212,8 @@ def test_undecodable_message_is_invalid_argument(
 
 
 def test_queue_full_is_resource_exhausted(start_server: Any, clock: FakeClock) -> None:
-    srv = start_server(clock, max_queue=3, max_delay_ms=500.0, max_batch=1000)
+    # QUEUED writes stay queued (queued_delay_ms) however slowly the calls arrive.
+    srv = start_server(clock, max_queue=3, max_delay_ms=1.0, queued_delay_ms=60_000.0)
     with PatternStoreClient(srv.target) as c:
         for i in range(3):
             c.store_pattern(Pattern(id=f"p{i}", type="t"), durability=pb.DURABILITY_QUEUED)

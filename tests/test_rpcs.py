@@ -272,7 +272,8 @@ def test_queued_writes_are_readable_and_flush_makes_them_durable(
 
 
 def test_flush_reports_what_it_waited_for(start_server: object, clock: FakeClock) -> None:
-    srv = start_server(clock, max_delay_ms=300.0)  # type: ignore[operator]
+    # The QUEUED writes stay queued until the Flush, however slowly the calls arrive.
+    srv = start_server(clock, max_delay_ms=1.0, queued_delay_ms=60_000.0)  # type: ignore[operator]
     with PatternStoreClient(srv.target) as c:
         c.store_pattern(_pattern("a"), durability=DURABILITY_QUEUED)
         c.store_pattern(_pattern("b"), durability=DURABILITY_QUEUED)

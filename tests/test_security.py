@@ -248,7 +248,8 @@ def test_online_backup_holds_every_acknowledged_write(tmp_path: Path) -> None:
 
 
 def test_overload_carries_a_retry_hint(start_server: Any, clock: FakeClock) -> None:
-    srv = start_server(clock, max_queue=2, max_delay_ms=500.0)
+    # QUEUED writes stay queued (queued_delay_ms) however slowly the calls arrive.
+    srv = start_server(clock, max_queue=2, max_delay_ms=1.0, queued_delay_ms=60_000.0)
     with PatternStoreClient(srv.target) as c:
         c.store_pattern(Pattern(id="a", type="t"), durability=DURABILITY_QUEUED)
         c.store_pattern(Pattern(id="b", type="t"), durability=DURABILITY_QUEUED)
