@@ -70,7 +70,7 @@ def test_sigterm_under_load_drains_and_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(seed)
     data = tmp_path / "data"
     ledgers = [WorkerLedger(f"w{n}", [f"w{n}-{j}" for j in range(10)]) for n in range(5)]
-    streamed = cancelled = 0
+    streamed = 0
     for rnd in range(ROUNDS):
         server = ServerProcess(data, *FLAGS)
         try:
@@ -96,7 +96,9 @@ def test_sigterm_under_load_drains_and_loses_nothing(tmp_path: Path) -> None:
                 t.join(GRACE_S + 10)
                 assert not t.is_alive(), "a call hangs after SIGTERM"
             assert rc == 0, f"exit status {rc}:\n{server.log()[-3000:]}"
-            assert took <= GRACE_S, f"took {took:.2f} s to exit, grace is {GRACE_S} s"
+            # Calls get the grace period, then the queue commits and the WAL is checkpointed:
+            # bounded well inside docker stop's 10 s even on a loaded machine.
+            assert took <= GRACE_S + 5.0, f"took {took:.2f} s to exit, grace is {GRACE_S} s"
             assert "draining" in server.log()
         finally:
             server.close()
@@ -105,15 +107,14 @@ def test_sigterm_under_load_drains_and_loses_nothing(tmp_path: Path) -> None:
         codes = [w.error.code() for w in workers if w.error is not None]
         if stream.error is not None:
             codes.append(stream.error.code())
-        # CANCELLED is the known bug of test_sigterm_never_answers_cancelled; the ledger
-        # still checks that such a call changed nothing it may not have.
-        allowed = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+        # Only UNAVAILABLE, which clients retry elsewhere (CANCELLED, once seen here, is
+        # also what test_sigterm_never_answers_cancelled rules out).
+        allowed = {grpc.StatusCode.UNAVAILABLE}
         assert set(codes) <= allowed, (
             f"round {rnd}: in-flight calls ended with {codes}: "
             f"{[(w.error_step, str(w.error)) for w in workers if w.error is not None]} "
             f"{stream.error}"
         )
-        cancelled += codes.count(grpc.StatusCode.CANCELLED)
         for w in workers:
             assert not w.problems, w.problems
             w.ledger.ack_replied()  # SIGTERM commits the queue: every reply is durable
@@ -132,10 +133,7 @@ def test_sigterm_under_load_drains_and_loses_nothing(tmp_path: Path) -> None:
         finally:
             server.close()
     acked = sum(led.total_acked for led in ledgers)
-    print(
-        f"{ROUNDS} SIGTERMs: {acked} acknowledged steps and {streamed} streamed outcomes kept; "
-        f"{cancelled} calls answered CANCELLED instead of UNAVAILABLE"
-    )
+    print(f"{ROUNDS} SIGTERMs: {acked} acknowledged steps and {streamed} streamed outcomes kept")
 
 
 def test_sigterm_ends_an_idle_stream_within_grace(tmp_path: Path) -> None:
@@ -174,7 +172,9 @@ def test_sigterm_ends_an_idle_stream_within_grace(tmp_path: Path) -> None:
     finally:
         release.set()
         server.close()
-    assert took <= grace + 1.0, f"took {took:.2f} s to exit with grace {grace} s"
+    # Held by the stream, it would take the 30 s the stream waits; the slack over the
+    # grace is for the commit, the checkpoint and a loaded machine.
+    assert took <= grace + 5.0, f"took {took:.2f} s to exit with grace {grace} s"
     assert _wal_is_empty(data)
     assert [e.code() for e in errors] == [grpc.StatusCode.UNAVAILABLE], errors
 
@@ -210,4 +210,5 @@ def test_sigterm_never_answers_cancelled(tmp_path: Path) -> None:
                 t.join(10)
         finally:
             server.close()
+        assert len(codes) == len(threads), f"trial {trial}: a caller never saw the server go"
         assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}, f"trial {trial}: {codes}"
