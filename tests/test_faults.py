@@ -133,6 +133,9 @@ def test_a_full_disk_refuses_writes_clearly_and_recovers(
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     assert "disk is full" in exc.details()  # type: ignore[attr-defined]
                     break
+                # The store whose commit hit the full disk waits for it (the writer
+                # retries, nothing is lost) until its deadline; nothing else is expected.
+                assert code == grpc.StatusCode.DEADLINE_EXCEEDED, exc
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert c.get_pattern("p0").id == "p0"  # reads keep working
         # A stream is refused at once too, not held until the disk has room again.

@@ -171,12 +171,19 @@ def test_online_backup_holds_every_acknowledged_write(tmp_path: Path) -> None:
             acked = c.get_pattern("before-7")
             stop = threading.Event()
 
+            written: list[int] = []
+            failures: list[BaseException] = []
+
             def keep_writing() -> None:
-                with PatternStoreClient(server.target) as w:
-                    i = 0
-                    while not stop.is_set():
-                        w.store_pattern(Pattern(id=f"during-{i}", type="d"))
-                        i += 1
+                try:
+                    with PatternStoreClient(server.target) as w:
+                        i = 0
+                        while not stop.is_set():
+                            w.store_pattern(Pattern(id=f"during-{i}", type="d"))
+                            i += 1
+                        written.append(i)
+                except BaseException as exc:  # reported by the test, not lost in the thread
+                    failures.append(exc)
 
             writer = threading.Thread(target=keep_writing)
             writer.start()
@@ -202,6 +209,9 @@ def test_online_backup_holds_every_acknowledged_write(tmp_path: Path) -> None:
                 writer.join(30)
             assert r.returncode == 0, r.stderr
             assert '"integrity": "ok"' in r.stdout
+            # Writes kept being served while the backup ran.
+            assert not failures, failures
+            assert written and written[0] > 0
     finally:
         server.close()
     restored = tmp_path / "restored"
