@@ -113,11 +113,20 @@ def test_a_type_change_clears_the_old_types_replies_again_at_commit(
         assert ids("a") == [] and ids("b") == ["x"]
 
 
-def test_confidence_changes_may_lag_bounded_but_not_strong(client: PatternStoreClient) -> None:
+def test_confidence_changes_may_lag_bounded_but_not_strong(
+    client: PatternStoreClient, clock: FakeClock
+) -> None:
     client.store_patterns([_p("a"), _p("b")])
     first = client.query_patterns("plan").patterns
     assert [p.id for p in first] == ["a", "b"]
     client.update_confidence("b", "success")
+    # BOUNDED may answer from L3 (an outcome does not invalidate it) ...
+    stale = {p.id: p for p in client.query_patterns("plan").patterns}
+    assert stale["b"].confidence == 0.5 and stale["b"].usage_count == 0
+    # ... for at most l3_max_staleness_ms; then it carries the current values.
+    clock.advance(1.5)
+    bounded = {p.id: p for p in client.query_patterns("plan").patterns}
+    assert bounded["b"].confidence == 2 / 3 and bounded["b"].usage_count == 1
     strong = client.query_patterns("plan", consistency=CONSISTENCY_STRONG).patterns
     assert [p.id for p in strong] == ["b", "a"]
 

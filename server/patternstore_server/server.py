@@ -72,14 +72,24 @@ class PatternStoreServer:
             ConnectionOptions(s.synchronous, s.busy_timeout_ms, s.wal_autocheckpoint_pages),
             observer=self.metrics.observe_query,
         )
-        l2 = CompressedCache(s.l2_max_bytes, s.l2_ttl_s) if s.l2_max_bytes > 0 else None
+        clock = self._clock
+
+        def clock_s() -> float:
+            # The server's one clock (injected by tests) times L2's TTL and L3's staleness.
+            return clock() / 1e9
+
+        l2 = (
+            CompressedCache(s.l2_max_bytes, s.l2_ttl_s, timer=clock_s)
+            if s.l2_max_bytes > 0
+            else None
+        )
         l1 = make_cache(
             s.l1_policy,
             s.l1_max_entries,
             s.l1_max_bytes,
             on_evict=None if l2 is None else l2.put,
         )
-        l3 = QueryCache(s.l3_max_entries, s.l3_max_staleness_ms / 1000.0)
+        l3 = QueryCache(s.l3_max_entries, s.l3_max_staleness_ms / 1000.0, timer=clock_s)
         self.engine = Engine(s, self.pool, PatternTiers(l1, l2), l3, self._clock)
         self.engine.committer.batch_observer = self.metrics.observe_batch
         self.engine.on_failure = self._on_failure
