@@ -145,8 +145,13 @@ def test_popitem_evicts_per_policy_without_hook(make: MakeCache) -> None:
     cache = make(max_entries=5, on_evict=lambda k, v: evicted.append(k))
     for key in "abc":
         cache[key] = key.encode()
-    key, value = cache.popitem()
-    assert value == key.encode() and key not in cache
+    # Every policy's victim here: the oldest, with no hits (LRU's least recent, LFU's
+    # least used with ties by recency, W-TinyLFU's probation head).
+    assert cache.popitem() == ("a", b"a") and "a" not in cache
+    cache["a"] = b"a"
+    cache["a"]
+    cache["b"]
+    assert cache.popitem() == ("c", b"c")  # the one entry not read since
     assert evicted == []
     cache.clear()
     with pytest.raises(KeyError):

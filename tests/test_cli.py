@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -60,5 +61,16 @@ def test_export_then_import_round_trips(server: RunningServer, tmp_path: Path) -
     assert _cli(server, "export", str(out)).returncode == 0
     exported = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(x["id"] for x in exported) == sorted(f"p{i}" for i in range(1200))
+    by_id = {x["id"]: x for x in exported}
+    assert all(by_id[f"p{i}"]["type"] == "t" for i in range(1200))
+    # data is bytes: exported as proto JSON (base64) of the JSON the import stored.
+    assert all(base64.b64decode(by_id[f"p{i}"]["data"]) == b'{"i":%d}' % i for i in range(1200))
     r = _cli(server, "import", str(out))
     assert json.loads(r.stdout) == {"imported": 1200}
+    # Importing the export changes nothing but versions: a second export says the same.
+    again = tmp_path / "again.jsonl"
+    assert _cli(server, "export", str(again)).returncode == 0
+    reexported = {x["id"]: x for x in map(json.loads, again.read_text().splitlines())}
+    assert {k: (v["type"], v["data"]) for k, v in reexported.items()} == {
+        k: (v["type"], v["data"]) for k, v in by_id.items()
+    }

@@ -396,19 +396,24 @@ def test_searches_run_alongside_writes() -> None:
     )
     errors: list[BaseException] = []
     stop = threading.Event()
+    searches = [0, 0]
+    searching = threading.Barrier(3)
 
-    def searcher() -> None:
+    def searcher(n: int) -> None:
         local = np.random.default_rng(threading.get_ident() % 1000)
         try:
+            searching.wait(10)
             while not stop.is_set():
                 found = index.search(local.standard_normal(dims), 10, type="t")
                 assert len(found) == 10
+                searches[n] += 1
         except BaseException as error:  # reported to the main thread below
             errors.append(error)
 
-    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    threads = [threading.Thread(target=searcher, args=(n,)) for n in range(2)]
     for thread in threads:
         thread.start()
+    searching.wait(10)  # both searchers are running before the writes start
     for i in range(3000):  # the single writer: inserts, removes and confidence updates
         index.upsert(f"n{i}", rng.standard_normal(dims), "t", 0.5)
         index.remove(f"p{i % 2000}")
@@ -417,6 +422,7 @@ def test_searches_run_alongside_writes() -> None:
     for thread in threads:
         thread.join()
     assert not errors
+    assert all(searches), f"searches per thread: {searches}"
     assert len(index) == 3000
 
 
