@@ -272,7 +272,7 @@ def test_pruning_by_confidence_and_idleness(start_server: Any, clock: FakeClock)
 def test_a_prune_pass_refused_midway_returns_the_deletes_it_queued(
     start_server: Any, clock: FakeClock, tmp_path: Path
 ) -> None:
-    # Deletes made slow (a trigger added by another connection, ~1 ms each) keep the
+    # Deletes made slow (a trigger added by another connection, ~3 ms each) keep the
     # pass's first 500-id chunk in the queue while it offers the second, which a
     # 600-write queue refuses: the reply must list the 500 queued (they are deleted),
     # not fail with them in flight.
@@ -287,7 +287,7 @@ def test_a_prune_pass_refused_midway_returns_the_deletes_it_queued(
             conn.setbusytimeout(5000)
             conn.execute(
                 "CREATE TABLE slow(x);"
-                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 50)"
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 70)"
                 " INSERT INTO slow SELECT x FROM n;"
                 "CREATE TRIGGER slow_deletes BEFORE DELETE ON patterns"
                 " BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from unittest import mock
 
@@ -418,6 +419,12 @@ def test_searches_run_alongside_writes() -> None:
         index.upsert(f"n{i}", rng.standard_normal(dims), "t", 0.5)
         index.remove(f"p{i % 2000}")
         index.update_meta(f"n{i}", confidence=0.7)
+        if i == 1500:
+            # Halfway, let both searchers finish a search between writes (the lock
+            # prefers the writer, so a fast writer could otherwise starve them).
+            deadline = time.monotonic() + 10
+            while not all(searches) and not errors and time.monotonic() < deadline:
+                time.sleep(0.001)
     stop.set()
     for thread in threads:
         thread.join()
