@@ -387,10 +387,13 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def _open_streams(target: str, n: int, channels: int, frame: bytes) -> int:
+async def _open_streams(
+    target: str, n: int, channels: int, frame: bytes
+) -> list[tuple[grpc.StatusCode, str]]:
     """n RecordOutcomes streams at once, each sending one outcome then staying open.
 
-    Returns how many of them the server or transport ended before the client cancelled.
+    Returns (code, details) of those the server or transport ended before the client
+    cancelled.
     """
     gate = asyncio.Event()
 
@@ -435,18 +438,13 @@ async def _open_streams(target: str, n: int, channels: int, frame: bytes) -> int
             if usage - start + len(ended) >= n or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        codes = [await c.code() for c in ended]
+        statuses = [(await c.code(), await c.details() or "") for c in ended]
         for call in calls:
             call.cancel()
         gate.set()
-        # Under CPU pressure gRPC's HTTP/2 layer now and then ends a few streams CANCELLED
-        # before the servicer sees them (nothing in the server log): transport codes are
-        # tolerated, a servicer error (INTERNAL, UNKNOWN) is not.
-        transport = {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
-        assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, *transport}, codes
         assert usage - start >= n - len(ended), f"only {usage - start} of {n} streams got through"
         assert usage - start >= 1000, f"only {usage - start} streams open at once"
-        return len(ended)
+        return statuses
     finally:
         for ch in chans:
             await ch.close()
@@ -460,7 +458,7 @@ def test_thousands_of_streams_and_a_million_ids_keep_memory_bounded(tmp_path: Pa
             c.store_pattern(Pattern(id="p", type="hostile"))
         frame = UpdateConfidenceRequest(id="m", outcome=pb.OUTCOME_SUCCESS).SerializeToString()
         rss = [_rss_bytes(server.proc.pid)]
-        ended = 0
+        ended: list[tuple[grpc.StatusCode, str]] = []
         for _ in range(3):
             ended += asyncio.run(_open_streams(server.target, 1200, 4, frame))
             assert_up(server.target)
@@ -469,10 +467,27 @@ def test_thousands_of_streams_and_a_million_ids_keep_memory_bounded(tmp_path: Pa
             assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
             rss.append(_rss_bytes(server.proc.pid))
         assert server.proc.poll() is None, "the server died"
+        log = server.log()
     finally:
         server.close()
+    # A stream the server refuses must say so with a documented code (back-pressure).
+    # Under CPU pressure gRPC's HTTP/2 layer now and then ends a few streams before the
+    # servicer sees them (CANCELLED, UNAVAILABLE, once INTERNAL on CI), so the codes alone
+    # cannot tell a transport reset from a servicer error; the server log can: every
+    # servicer error (ours, or a handler exception gRPC turns into UNKNOWN) logs at ERROR.
+    codes = {code for code, _ in ended}
+    assert codes <= {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }, ended
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert not errors, (errors, ended)
+    assert not any("the server log has the details" in details for _, details in ended), ended
     mib = [round(r / 2**20) for r in rss]
     print(f"\nserver RSS (MiB): start {mib[0]}; after each 1200 streams + 1M ids: {mib[1:]}")
-    print(f"streams ended early by the transport: {ended} of 3600")
+    print(f"streams ended early by the transport: {len(ended)} of 3600: {ended[:5]}")
     assert rss[-1] - rss[0] < 256 * 2**20, f"RSS grew from {mib[0]} to {mib[-1]} MiB"
     assert rss[-1] - rss[1] < 64 * 2**20, f"RSS keeps growing: {mib} MiB"
