@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _SERVING = re.compile(r"patternstore serving grpc=[^ ]*:(\d+) metrics=(\S+)")
+# Logged once the port is bound, before the pattern memory loads (calls get UNAVAILABLE).
+_LOADING = re.compile(r"patternstore loading grpc=[^ ]*:(\d+) metrics=(\S+)")
 
 
 def server_command() -> list[str]:
@@ -25,10 +27,17 @@ class ServerProcess:
 
     ``command`` runs another installation (e.g. a fresh venv's ``patternstore-server``).
     ``metrics_port`` is the /metrics port the server logged, or None when disabled: pass
-    ``"--metrics-listen", "127.0.0.1:0"`` to enable it.
+    ``"--metrics-listen", "127.0.0.1:0"`` to enable it. ``loading=True`` returns as soon
+    as the port is bound, while the server still loads its pattern memory.
     """
 
-    def __init__(self, data_dir: Path, *args: str, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        command: Sequence[str] | None = None,
+        loading: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"server-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115
@@ -47,13 +56,21 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.port, self.metrics_port = self._wait_serving()
+        self.port, self.metrics_port = self._wait_for(_LOADING if loading else _SERVING)
         self.target = f"127.0.0.1:{self.port}"
 
-    def _wait_serving(self, timeout: float = 30.0) -> tuple[int, int | None]:
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        """Wait until the server has loaded its memory and serves."""
+        self._wait_for(_SERVING, timeout)
+
+    @property
+    def serving(self) -> bool:
+        return _SERVING.search(self.log()) is not None
+
+    def _wait_for(self, line: re.Pattern[str], timeout: float = 30.0) -> tuple[int, int | None]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = _SERVING.search(self.log())
+            match = line.search(self.log())
             if match:
                 # metrics= is host:port, or "-" when the side port is disabled.
                 metrics = match[2]
@@ -61,7 +78,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.05)
-        raise TimeoutError(f"server did not log that it serves:\n{self.log()}")
+        raise TimeoutError(f"server did not log {line.pattern!r}:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
+from pathlib import Path
 
+import apsw
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,6 +24,7 @@ from patternstore import (
 )
 
 from .conftest import FakeClock, RunningServer
+from .proc import ServerProcess
 
 
 def _pattern(pid: str, ptype: str = "plan", **kw: object) -> Pattern:
@@ -381,29 +385,82 @@ def test_observed_at_drives_decay(client: PatternStoreClient, clock: FakeClock) 
     assert got.last_outcome_at == t1
 
 
-def test_calls_wait_for_the_pattern_memory_like_redis_loading(
-    server: RunningServer, client: PatternStoreClient
-) -> None:
-    """Before the memory is loaded it cannot say which ids exist: every call is refused
-    with a retryable UNAVAILABLE, so none is answered NOT_FOUND or stored as new."""
-    client.store_pattern(_pattern("a"))
-    assert server.server.servicer.ready  # start() returned: loaded and serving
-    server.server.servicer.ready = False  # the state start() serves in while loading
-    once = PatternStoreClient(server.target, timeout=5, retry=RetryPolicy(attempts=1))
+# Enough rows that loading them takes seconds (1,000,000 took 7.6 s on the 2-vCPU box):
+# the test calls while the server loads, so the window must outlast a few calls.
+_BULK_ROWS = 300_000
+
+
+def _bulk_copies(db: Path, template: str, rows: int) -> None:
+    """Insert ``rows`` copies of pattern ``template`` with new ids, straight into SQLite
+    (storing 300,000 patterns over gRPC would take a minute). The copies share the
+    template's payload blob, so its reference count is raised by as many."""
+    conn = apsw.Connection(str(db))
     try:
-        for call in (
-            lambda: once.get_pattern("a"),
-            lambda: once.store_pattern(_pattern("a")),
-            lambda: once.update_confidence("a", "success"),
-            lambda: once.record_outcomes(iter([])),
-        ):
-            with pytest.raises(grpc.RpcError) as err:
-                call()
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "starting" in (err.value.details() or "")
-        server.server.servicer.ready = True
-        # Nothing was changed meanwhile: still version 1, and readable again.
-        assert once.get_pattern("a").version == 1
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(patterns)")]
+        picked = ", ".join("printf('bulk%07d', x)" if c == "id" else c for c in columns)
+        with conn:  # one transaction
+            conn.execute(
+                f"INSERT INTO patterns ({', '.join(columns)}) "
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+                f"SELECT {picked} FROM c, patterns WHERE patterns.id = ?",
+                (rows, template),
+            )
+            conn.execute(
+                "UPDATE blobs SET refs = refs + ? "
+                "WHERE key = (SELECT data_key FROM patterns WHERE id = ?)",
+                (rows, template),
+            )
     finally:
-        server.server.servicer.ready = True
-        once.close()
+        conn.close()
+
+
+def test_calls_wait_for_the_pattern_memory_like_redis_loading(tmp_path: Path) -> None:
+    """Before the memory is loaded it cannot say which ids exist: every call is refused
+    with a retryable UNAVAILABLE, so none is answered NOT_FOUND or stored as new. A real
+    start-up: the server is bound while it loads 300,000 rows."""
+    data = tmp_path / "data"
+    first = ServerProcess(data)
+    try:
+        with PatternStoreClient(first.target, timeout=10) as c:
+            c.store_pattern(_pattern("a"))
+            c.store_pattern(_pattern("template", data=b"shared payload"))
+        assert first.terminate() == 0
+    finally:
+        first.close()
+    _bulk_copies(data / "patterns.db", "template", _BULK_ROWS)
+
+    server = ServerProcess(data, "--metrics-listen", "127.0.0.1:0", loading=True)
+    try:
+        once = PatternStoreClient(server.target, timeout=10, retry=RetryPolicy(attempts=1))
+        try:
+            calls = (
+                lambda: once.get_pattern("a"),
+                lambda: once.get_pattern("never-stored"),  # not NOT_FOUND: it cannot know
+                lambda: once.store_pattern(_pattern("a")),
+                lambda: once.update_confidence("a", "success"),
+                lambda: once.record_outcomes(iter([])),
+            )
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert _code(err) == grpc.StatusCode.UNAVAILABLE
+                assert "starting" in (err.value.details() or "")
+            assert once.health() == "NOT_SERVING"
+            with pytest.raises(urllib.error.HTTPError) as not_ready:
+                urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/readyz")
+            assert not_ready.value.code == 503
+            # Refusals seen while loading prove the window; this says it did not end early.
+            assert not server.serving, (
+                f"loading {_BULK_ROWS:,} rows ended before the calls; raise _BULK_ROWS"
+            )
+            server.wait_serving()
+            assert once.health() == "SERVING"
+            # Nothing was changed meanwhile: still version 1, and the copies are there.
+            assert once.get_pattern("a").version == 1
+            assert once.get_pattern(f"bulk{_BULK_ROWS:07d}").data == b"shared payload"
+            assert once.get_stats().patterns == _BULK_ROWS + 2
+        finally:
+            once.close()
+        assert server.terminate() == 0
+    finally:
+        server.close()

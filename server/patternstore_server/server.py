@@ -138,6 +138,17 @@ class PatternStoreServer:
             self._http.start()
             self.metrics_port = self._http.port
             metrics_addr = f"{mhost}:{self.metrics_port}"
+        # Bound and answering (health NOT_SERVING, calls UNAVAILABLE) while the memory
+        # loads, which takes seconds at a million patterns: say where, so an operator
+        # (or a test) can watch the start-up rather than wait blind.
+        log.info(
+            "patternstore loading grpc=%s:%d metrics=%s db=%s: calls get UNAVAILABLE "
+            "until the pattern memory is loaded",
+            host,
+            self.port,
+            metrics_addr,
+            self.db_path,
+        )
         loop = asyncio.get_running_loop()
         loaded, seconds = await loop.run_in_executor(None, self.engine.load_memory)
         log.info(
