@@ -190,7 +190,10 @@ _encode_metadata = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encod
 
 
 def _metadata_json(metadata: Mapping[str, str]) -> str:
-    return _encode_metadata(dict(metadata)) if metadata else "{}"
+    # A comprehension, not dict(metadata): dict() of a protobuf map goes through
+    # MutableMapping.update and ItemsView, 3.6 us against 1.7 us for one entry (py-spy
+    # --gil of StorePatterns(100): 9% of the loop thread's GIL time was this function).
+    return _encode_metadata({key: metadata[key] for key in metadata}) if metadata else "{}"
 
 
 def pattern_row(p: pb.Pattern, sequence: int) -> tuple[Any, ...]:
