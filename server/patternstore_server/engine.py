@@ -19,6 +19,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apsw
 import numpy as np
@@ -84,16 +85,14 @@ _RECENT_STATES = 4096
 _PRUNE_CHUNK = 500
 
 
-@dataclass(frozen=True, slots=True)
-class StoreResult:
+class StoreResult(NamedTuple):
     id: str
     version: int
     sequence: int
     created: bool
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeResult:
+class OutcomeResult(NamedTuple):
     confidence: float
     sequence: int
     duplicate: bool
@@ -312,7 +311,7 @@ class Engine:
             # Only the acceptor holds pending messages (queued ops carry row snapshots),
             # so the newest state can be modified in place.
             return state
-        if self.memory.expired(pid, self._clock()):
+        if self.memory.expiring and self.memory.expired(pid, self._clock()):
             return None
         recent = self._recent.pop(pid, None)
         if recent is not None:
@@ -533,28 +532,30 @@ class Engine:
     ) -> OutcomeResult:
         """Decide one outcome; append its op. Raises without side effects on bad input."""
         score, weight, t_ns = self._check_outcome(u, now, field)
-        if u.request_id:
-            seen = self._remembered.get(u.request_id)
+        # Read once: each read of a message's string field makes a new str object.
+        pid, request_id = u.id, u.request_id
+        if request_id:
+            seen = self._remembered.get(request_id)
             if seen is not None:
-                if seen.pattern_id != u.id:
+                if seen.pattern_id != pid:
                     raise InvalidArgument(
                         f"{field}request_id",
-                        f"{u.request_id!r} was already used for pattern {seen.pattern_id!r}",
+                        f"{request_id!r} was already used for pattern {seen.pattern_id!r}",
                     )
                 return OutcomeResult(seen.confidence, seen.sequence, True)
-        state = self._current(u.id)
+        state = self._current(pid)
         if state is None:
-            raise NotFound(f"pattern {u.id!r} does not exist")
+            raise NotFound(f"pattern {pid!r} does not exist")
         seq = self._next_sequence()
         row = learn(state, score, weight, t_ns, now, seq, self._params)
-        self._pending[u.id] = (seq, state)
-        self._invalidate(u.id)
-        ops.append(Learn(seq, u.id, row, u.request_id))
+        self._pending[pid] = (seq, state)
+        self._invalidate(pid)
+        ops.append(Learn(seq, pid, row, request_id))
         confidence = row[0]
-        self.memory.learned(u.id, row, now, bool(state.embedding))
+        self.memory.learned(pid, row, now, bool(state.embedding))
         self.outcome_counts[_NAMES[u.outcome]] += 1
-        if u.request_id:
-            self._remember(u.request_id, _Remembered(u.id, seq, confidence))
+        if request_id:
+            self._remember(request_id, _Remembered(pid, seq, confidence))
         return OutcomeResult(confidence, seq, False)
 
     def _remember(self, request_id: str, answer: _Remembered) -> None:

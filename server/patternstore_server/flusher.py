@@ -28,8 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -46,8 +45,12 @@ log = logging.getLogger(__name__)
 _PRUNE_EVERY = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
+# The ops are named tuples: immutable once queued (the writer thread reads what the loop
+# thread built), and built in 0.24 us against 0.53 for a frozen dataclass, once per write
+# on the loop thread.
+
+
+class Put(NamedTuple):
     """Insert or replace a whole pattern row (storage.queries.PATTERN_FIELDS order)."""
 
     sequence: int
@@ -58,8 +61,7 @@ class Put:
     old_type: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Learn:
+class Learn(NamedTuple):
     """Rewrite the learned columns after an outcome; remember its request id if any."""
 
     sequence: int
@@ -68,15 +70,13 @@ class Learn:
     request_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     sequence: int
     id: str
     type: str  # of the deleted pattern: the query cache invalidates by type
 
 
-@dataclass(frozen=True, slots=True)
-class Rank:
+class Rank(NamedTuple):
     """Copy every pending learned value to the ranks in the transaction holding this op.
 
     Carries no sequence (it writes no pattern); ``waiter`` is the acceptor's, returned
