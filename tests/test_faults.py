@@ -94,6 +94,48 @@ def test_a_lock_held_elsewhere_pauses_writes_not_reads(start_server: Any, clock:
         ]
 
 
+def test_a_fault_that_turns_permanent_stops_writes_rather_than_pausing_them(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """A lock held elsewhere pauses writes (transient); when the retry then fails for
+    good, writes are refused with UNAVAILABLE "restart the server", not the stale
+    "paused, retry shortly" that kept clients retrying a writer that had stopped."""
+    srv = start_server(clock, busy_timeout_ms=100)
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
+        c.store_pattern(Pattern(id="before", type="t"))
+        other = apsw.Connection(str(srv.server.db_path))
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            c.store_pattern(Pattern(id="queued", type="t"), durability=DURABILITY_QUEUED)
+
+            def paused() -> None:
+                with pytest.raises(grpc.RpcError) as exc:
+                    c.store_pattern(Pattern(id="refused", type="t"))
+                assert "lock" in (exc.value.details() or "")
+
+            _eventually(paused)
+            # The writer's retry will now meet a trigger that refuses its insert.
+            other.execute(
+                "CREATE TRIGGER refuse_inserts BEFORE INSERT ON patterns "
+                "BEGIN SELECT RAISE(ABORT, 'inserts refused by the test'); END"
+            )
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+        def stopped() -> None:
+            with pytest.raises(grpc.RpcError) as exc:
+                c.store_pattern(Pattern(id="later", type="t"))
+            assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+            assert "restart the server" in (exc.value.details() or "")
+
+        _eventually(stopped)
+        assert c.get_pattern("before").id == "before"
+        assert c.health() == "NOT_SERVING"
+        assert _readyz(srv) == 503
+        assert not srv.server.engine.writes_paused
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs: a real full disk. Needs the right to mount (root, as on CI)."""
@@ -211,6 +253,93 @@ def test_a_row_that_does_not_decode_is_data_loss_for_that_pattern_only(
             assert err.value.code() == grpc.StatusCode.DATA_LOSS
             assert "does not decode" in (err.value.details() or "")
         assert c.get_pattern("good").data == b'{"stays": "fine"}'  # still serving
+
+
+def _rot_payload(db: Path, pid: str) -> None:
+    """Bit rot in the stored payload blob of ``pid`` (an unknown format byte)."""
+    with apsw.Connection(str(db)) as conn:
+        conn.execute(
+            "UPDATE blobs SET data = x'7f00' "
+            "WHERE key = (SELECT data_key FROM patterns WHERE id = ?)",
+            (pid,),
+        )
+
+
+def test_a_batch_with_a_rotten_pattern_fails_that_item_only(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The rotten item is DATA_LOSS in its place; the items before it stay accepted and
+    commit. (It once failed the whole call while the first item's outcome stayed accepted
+    but never queued: read back, answered as a duplicate, and gone after a restart.)"""
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="p1", type="t", data=b"fine"))
+        c.store_pattern(Pattern(id="bad", type="t", data=b'{"will": "rot"}' * 10))
+    srv.stop()
+    _rot_payload(tmp_path / "data" / "patterns.db", "bad")
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=10) as c:
+        first, rotten, last = c.update_confidence_batch(
+            [
+                update_request("p1", "success", request_id="r1"),
+                update_request("bad", "success"),
+                update_request("p1", "failure"),
+            ]
+        ).results
+        assert (first.code, last.code) == (0, 0)
+        assert rotten.code == grpc.StatusCode.DATA_LOSS.value[0]
+        assert "does not decode" in rotten.message
+        with pytest.raises(grpc.RpcError) as single:
+            c.update_confidence("bad", "success")
+        assert _code(single) == grpc.StatusCode.DATA_LOSS
+        assert c.update_confidence("p1", "success", request_id="r1").duplicate
+    srv.stop()
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        p1 = c.get_pattern("p1")
+        assert (p1.version, p1.success_count, p1.failure_count) == (3, 1, 1)
+        assert c.update_confidence("p1", "success", request_id="r1").duplicate
+
+
+def test_a_rotten_pattern_can_be_stored_again_and_deleted(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """What the DATA_LOSS reply says to do works: storing the pattern again replaces the
+    rotten payload (for every pattern sharing that content), and a delete drops it."""
+    content = b'{"will": "rot"}' * 10
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="bad", type="t", data=content))
+        c.store_pattern(Pattern(id="twin", type="t", data=content))  # shares the blob
+        c.store_pattern(Pattern(id="doomed", type="t", data=b"other" * 10))
+        c.update_confidence("bad", "success")
+    srv.stop()
+    db = tmp_path / "data" / "patterns.db"
+    _rot_payload(db, "bad")
+    _rot_payload(db, "doomed")
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=10) as c:
+        for pid in ("bad", "twin", "doomed"):
+            with pytest.raises(grpc.RpcError) as err:
+                c.get_pattern(pid)
+            assert _code(err) == grpc.StatusCode.DATA_LOSS
+        stored = c.store_pattern(Pattern(id="bad", type="t", data=content))
+        assert stored.version == 3  # after the store and the outcome: what was learned stays
+        assert c.get_pattern("bad").data == content
+        assert c.get_pattern("bad").success_count == 1
+        assert c.get_pattern("twin").data == content  # the shared blob was rewritten
+        c.delete_pattern("doomed")
+        with pytest.raises(grpc.RpcError) as gone:
+            c.get_pattern("doomed")
+        assert _code(gone) == grpc.StatusCode.NOT_FOUND
+    srv.stop()
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        assert [p.data for p in c.get_patterns(["bad", "twin"]).patterns] == [content, content]
+        assert c.get_patterns(["doomed"]).missing_ids == ["doomed"]
+    with apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY) as conn:
+        refs = conn.execute("SELECT refs FROM blobs WHERE data = x'7f00'").fetchall()
+    assert refs == []  # no rotten blob is left referenced
 
 
 def test_a_failed_commit_refuses_writes_and_reads_still_tell_the_truth(

@@ -34,6 +34,7 @@ from .confidence import ModelParams, prior
 from .config import Settings
 from .errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -52,6 +53,7 @@ from .model import (
     expires_ns,
     learn,
     pattern_row,
+    row_skeleton,
     row_to_pattern,
     set_evidence,
     set_ns,
@@ -300,6 +302,17 @@ class Engine:
         """The newest accepted state of ``pid``, as a message this write may modify.
 
         An expired pattern counts as gone: a store recreates it, an outcome finds nothing.
+        Raises DataLoss when the stored row does not decode.
+        """
+        state, _ = self._newest(pid, replacing=False)
+        return state
+
+    def _newest(self, pid: str, replacing: bool) -> tuple[pb.Pattern | None, bool]:
+        """``_current``, and whether the stored row is rotten (does not decode).
+
+        ``replacing`` (a store or a delete): a rotten row is no error but its skeleton,
+        since those writes replace or drop every part that can rot; without it, a
+        pattern the DATA_LOSS reply tells the caller to store again could never be.
         """
         pending = self._pending.get(pid)
         if pending is not None:
@@ -307,22 +320,30 @@ class Engine:
             # StorePatterns call is newer than what the memory knows.
             state = pending[1]
             if state is not None and 0 < expires_ns(state) <= self._clock():
-                return None
+                return None, False
             # Only the acceptor holds pending messages (queued ops carry row snapshots),
             # so the newest state can be modified in place.
-            return state
+            return state, False
         if self.memory.expiring and self.memory.expired(pid, self._clock()):
-            return None
+            return None, False
         recent = self._recent.pop(pid, None)
         if recent is not None:
-            return recent
+            return recent, False
         data = self._tiers.get(pid)
         if data is not None:
-            return pb.Pattern.FromString(data)
+            return pb.Pattern.FromString(data), False
         if self._surely_absent(pid):
-            return None
+            return None, False
         rows = self._pool.query("get_pattern", q.SELECT_PATTERN, (pid,))
-        return row_to_pattern(rows[0], self._pool.dictionaries) if rows else None
+        if not rows:
+            return None, False
+        try:
+            return row_to_pattern(rows[0], self._pool.dictionaries), False
+        except CodecError as exc:
+            if not replacing:
+                raise DataLoss(exc) from exc
+            log.warning("pattern %r does not decode (%s); this write replaces it", pid, exc)
+            return row_skeleton(rows[0]), True
 
     # -- writes ------------------------------------------------------------------------
 
@@ -336,12 +357,12 @@ class Engine:
                 f"(max_queue={self._max_queue}); split it into calls of at most "
                 f"{self._max_queue}",
             )
-        if self._degraded is not None:
-            raise self._degraded
         if self._failure is not None:
             raise ShuttingDown(
                 f"writes are refused since a commit failed ({self._failure}); restart the server"
             )
+        if self._degraded is not None:
+            raise self._degraded
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance or later")
         if self._pending_ops + n_ops > self._max_queue:
@@ -361,8 +382,9 @@ class Engine:
 
     def _prepare_store(
         self, req: pb.StorePatternRequest, field: str, now: int, call_dims: int | None = None
-    ) -> tuple[pb.Pattern, str]:
-        """Check one store against the newest state; return the new state and the old type.
+    ) -> tuple[pb.Pattern, str, bool]:
+        """Check one store against the newest state; return the new state, the old type
+        and whether the stored row was rotten (its payload blob is to be rewritten).
 
         Everything that can refuse a store is checked here, before the call takes a
         sequence: a failure after that would leave state no commit ever clears.
@@ -374,7 +396,7 @@ class Engine:
             p.id = uuid.uuid4().hex
         validate.check_id(p.id, f"{field}.id")
         validate.check_pattern(p, field)
-        current = self._current(p.id)
+        current, rotten = self._newest(p.id, replacing=True)
         if current is not None and req.create_only:
             raise AlreadyExists(
                 f"pattern {p.id!r} exists (version {current.version}) and create_only is set"
@@ -422,7 +444,7 @@ class Engine:
             new.created_at.CopyFrom(current.created_at)
         set_ns(new.updated_at, now)
         new.version = have + 1
-        return new, "" if current is None else current.type
+        return new, "" if current is None else current.type, rotten
 
     async def store(
         self, requests: Sequence[pb.StorePatternRequest], durable: bool, batch: bool
@@ -435,6 +457,7 @@ class Engine:
         now = self._clock()
         states: list[pb.Pattern] = []
         old_types: list[str] = []
+        rotten: list[bool] = []
         # Items of one call may touch the same id: later ones must see earlier ones.
         saved_pending: dict[str, tuple[int, pb.Pattern | None] | None] = {}
         saved_types: set[str] = set()
@@ -443,13 +466,14 @@ class Engine:
             for i, req in enumerate(requests):
                 field = f"requests[{i}].pattern" if batch else "pattern"
                 try:
-                    new, old_type = self._prepare_store(req, field, now, call_dims)
+                    new, old_type, was_rotten = self._prepare_store(req, field, now, call_dims)
                 except PatternStoreError as exc:
                     if batch:
                         exc.args = (f"item {i}: {exc.args[0]}; nothing in this call was stored",)
                     raise
                 states.append(new)
                 old_types.append(old_type)
+                rotten.append(was_rotten)
                 saved_types.add(old_type)
                 if new.embedding and self.memory.vectors.dims is None:
                     call_dims = len(new.embedding)
@@ -468,10 +492,10 @@ class Engine:
         touched = {state.type for state in states}
         touched.update(t for t in saved_types if t)
         self.l3.invalidate(touched)
-        for state, old_type in zip(states, old_types, strict=True):
+        for state, old_type, heal in zip(states, old_types, rotten, strict=True):
             seq = self._next_sequence()
             changed = old_type if old_type != state.type else ""
-            ops.append(Put(seq, state.id, pattern_row(state, seq), changed))
+            ops.append(Put(seq, state.id, pattern_row(state, seq), changed, heal))
             self._pending[state.id] = (seq, state)
             self._invalidate(state.id)
             self.memory.remember(state, now)
@@ -483,7 +507,7 @@ class Engine:
     async def delete(self, pid: str, expected_version: int, durable: bool) -> int:
         validate.check_id(pid)
         self._admit(1)
-        current = self._current(pid)
+        current, _ = self._newest(pid, replacing=True)
         if current is None:
             raise NotFound(f"pattern {pid!r} does not exist")
         if expected_version and expected_version != current.version:
@@ -581,11 +605,19 @@ class Engine:
         now = self._clock()
         ops: list[Op] = []
         results: list[OutcomeResult | PatternStoreError] = []
-        for i, u in enumerate(updates):
-            try:
-                results.append(self._accept_outcome(u, now, f"updates[{i}].", ops))
-            except PatternStoreError as exc:
-                results.append(exc)
+        try:
+            for i, u in enumerate(updates):
+                try:
+                    results.append(self._accept_outcome(u, now, f"updates[{i}].", ops))
+                except PatternStoreError as exc:
+                    results.append(exc)
+        except BaseException:
+            # A bug in one item must not strand the ones before it: they hold sequences
+            # and pending states that only their commit clears.
+            if ops:
+                self._pending_updates += len(ops)
+                self._enqueue(ops, urgent=False)
+            raise
         self._pending_updates += len(ops)
         await self._submit(ops, durable)
         return results
@@ -671,6 +703,8 @@ class Engine:
             loop.call_soon_threadsafe(self._set_degraded, error)
 
     def _set_degraded(self, error: StorageError | None) -> None:
+        if self._failure is not None:
+            return  # stopped for good: not "paused", whatever the writer last said
         was = self._degraded is not None
         self._apply_degraded(error)
         if self.on_readiness is not None and was != (self._degraded is not None):
@@ -768,6 +802,8 @@ class Engine:
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
+            # A transient fault may have come first: writes are now stopped, not paused.
+            self._degraded = None
             # Pending states were never written: forget them and what was cached from them.
             self._pending.clear()
             self._recent.clear()

@@ -12,6 +12,7 @@
     ├── ShuttingDown                  -> UNAVAILABLE        (draining after SIGTERM)
     ├── StorageUnavailable            -> UNAVAILABLE        (writer stuck on a lock or I/O error)
     ├── FailedPrecondition            -> FAILED_PRECONDITION (e.g. the database is read-only)
+    ├── DataLoss                      -> DATA_LOSS          (a stored row does not decode)
     └── StorageError                  -> INTERNAL           (SQLite said no; translated once)
         └── StoreClosed                                     (use after close)
 
@@ -28,6 +29,7 @@ import grpc
 
 __all__ = [
     "AlreadyExists",
+    "DataLoss",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
@@ -92,6 +94,17 @@ class StorageUnavailable(PatternStoreError):
 
 class FailedPrecondition(PatternStoreError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DataLoss(PatternStoreError):
+    """A stored row does not decode (``detail`` says which part): that pattern only."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+    def __init__(self, detail: object) -> None:
+        super().__init__(
+            f"a stored row does not decode ({detail}); restore it from a backup or store it again"
+        )
 
 
 class StorageError(PatternStoreError):

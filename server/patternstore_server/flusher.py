@@ -59,6 +59,9 @@ class Put(NamedTuple):
     # The type this pattern had before (newest accepted), when it changes: its cached
     # query replies go again at commit, like the new type's.
     old_type: str = ""
+    # The stored row did not decode when this store was accepted: the payload blob is
+    # written again even when its content key says it is already there.
+    heal: bool = False
 
 
 class Learn(NamedTuple):
@@ -398,7 +401,7 @@ class GroupCommitter:
                     if op.request_id:
                         remembered.append((op.request_id, op.id, op.sequence, op.row[0]))
                 elif isinstance(op, Put):
-                    conn.execute(q.UPSERT_PATTERN, blobs.put_row(conn, op.row))
+                    conn.execute(q.UPSERT_PATTERN, blobs.put_row(conn, op.row, op.heal))
                 elif isinstance(op, Rank):
                     rank_now = True
                 else:

@@ -21,6 +21,7 @@ __all__ = [
     "learned_row",
     "ns_of",
     "pattern_row",
+    "row_skeleton",
     "row_to_pattern",
     "set_evidence",
     "set_ns",
@@ -30,17 +31,37 @@ _NS = 1_000_000_000
 
 
 def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.Pattern:
-    """Build a Pattern from a row in storage.queries.COLUMNS order (fields still encoded)."""
+    """Build a Pattern from a row in storage.queries.COLUMNS order (fields still encoded).
+
+    Raises CodecError when the payload, embedding or trajectory does not decode.
+    """
+    p = row_skeleton(row)
+    data, embedding, dims, trajectory, metadata = row[4:9]
+    p.data = payload.decode(data, dictionaries)
+    if embedding:
+        p.embedding.extend(decode_embedding(embedding))
+    if dims:
+        p.trajectory.dims = dims
+        p.trajectory.values.extend(decode_trajectory(trajectory))
+    if metadata != "{}":
+        p.metadata.update(json.loads(metadata))
+    return p
+
+
+def row_skeleton(row: Sequence[Any]) -> pb.Pattern:
+    """The row without its encoded fields (payload, embedding, trajectory, metadata):
+    identity, version, timestamps and learned values, which always decode. All a store
+    (which replaces the rest) or a delete needs of a row whose payload has rotted."""
     (
         pid,
         ptype,
         name,
         description,
-        data,
-        embedding,
-        dims,
-        trajectory,
-        metadata,
+        _data,
+        _embedding,
+        _dims,
+        _trajectory,
+        _metadata,
         confidence,
         alpha,
         beta,
@@ -58,7 +79,6 @@ def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.
         type=ptype,
         name=name,
         description=description,
-        data=payload.decode(data, dictionaries),
         confidence=confidence,
         alpha=alpha,
         beta=beta,
@@ -67,13 +87,6 @@ def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.
         failure_count=failure,
         version=version,
     )
-    if embedding:
-        p.embedding.extend(decode_embedding(embedding))
-    if dims:
-        p.trajectory.dims = dims
-        p.trajectory.values.extend(decode_trajectory(trajectory))
-    if metadata != "{}":
-        p.metadata.update(json.loads(metadata))
     set_ns(p.created_at, created_ns)
     set_ns(p.updated_at, updated_ns)
     if last_outcome_ns:

@@ -27,7 +27,14 @@ from patternstore.v1 import patternstore_pb2 as pb
 from . import validate
 from .codecs import CodecError
 from .engine import Engine, OutcomeResult
-from .errors import InvalidArgument, NotFound, Overloaded, PatternStoreError, Starting
+from .errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+    PatternStoreError,
+    Starting,
+)
 from .metrics import SERVICE, MethodMetrics, Metrics
 from .query import QuerySpec, parse_query, run_query, thompson_page_token
 from .storage import ConnectionPool
@@ -76,7 +83,7 @@ def _discard_copy(copying: asyncio.Future[int], path: Path) -> None:
 
 
 def _data_loss(exc: CodecError) -> str:
-    return f"a stored row does not decode ({exc}); restore it from a backup or store it again"
+    return str(DataLoss(exc))
 
 
 def _parse(cls: type[_M], raw: bytes) -> _M:

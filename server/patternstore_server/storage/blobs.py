@@ -35,6 +35,7 @@ FIELDS = ("data", "embedding", "trajectory")
 
 _INCREF = "UPDATE blobs SET refs = refs + 1 WHERE key = ?"
 _INSERT_BLOB = "INSERT INTO blobs (key, data, refs) VALUES (?, ?, 1)"
+_REWRITE_BLOB = "UPDATE blobs SET data = ? WHERE key = ?"
 _DECREF = "UPDATE blobs SET refs = refs - 1 WHERE key = ?"
 _DROP_LAST_REFERENCE = "DELETE FROM blobs WHERE key = ? AND refs = 1"
 _OLD_KEY = "SELECT data_key FROM patterns WHERE id = ?"
@@ -127,9 +128,16 @@ class PayloadStore:
 
     # -- inside the writer's transaction -----------------------------------------------
 
-    def put_row(self, conn: apsw.Connection, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    def put_row(
+        self, conn: apsw.Connection, row: tuple[Any, ...], heal: bool = False
+    ) -> tuple[Any, ...]:
         """The row to upsert: the raw payload (in the data_key slot, as model.pattern_row
-        leaves it) swapped for its blob key, embedding and trajectory encoded."""
+        leaves it) swapped for its blob key, embedding and trajectory encoded.
+
+        ``heal``: the pattern's stored payload did not decode. Stored again with the same
+        content, its blob keeps its key (and its references) but gets these bytes, so
+        every pattern sharing it reads again.
+        """
         data = row[_DATA_AT]
         key = content_key(data)
         old = conn.execute(_OLD_KEY, (row[_ID_AT],)).fetchone()
@@ -138,6 +146,8 @@ class PayloadStore:
             self._reference(conn, key, data)
             if old_key is not None:
                 self.release(conn, old_key)
+        elif heal:
+            conn.execute(_REWRITE_BLOB, (self._encoder.encode(data), key))
         out = list(row)
         out[_DATA_AT] = key
         raw_embedding = row[_EMBEDDING_AT]
