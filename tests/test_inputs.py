@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -197,6 +199,52 @@ def test_bad_query_arguments(client: PatternStoreClient) -> None:
             _call(client, "QueryPatterns", req)
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert exc.value.details().startswith(field)  # type: ignore[attr-defined]
+
+
+def _token(order: str, after: object, ptype: str = "") -> str:
+    """A page token with the right filters and a forged position (the server's format)."""
+    body = {"v": 1, "t": ptype, "m": 0.0, "o": order, "a": after}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+FORGED_TOKENS = [
+    ("value past int64", pb.ORDER_BY_USAGE, _token("usage", [2**70, "a"])),
+    ("bool value", pb.ORDER_BY_USAGE, _token("usage", [True, "a"])),
+    ("id not a string", pb.ORDER_BY_CONFIDENCE, _token("confidence", [0.5, 7])),
+    ("deep nesting", pb.ORDER_BY_CONFIDENCE, base64.urlsafe_b64encode(b"[" * 1500).decode()),
+    ("longer than any issued", pb.ORDER_BY_CONFIDENCE, "A" * 5000),
+    ("thompson offset negative", pb.ORDER_BY_THOMPSON, _token("thompson", [-5, "12"])),
+    ("thompson offset huge", pb.ORDER_BY_THOMPSON, _token("thompson", [1e309, "12"])),
+    ("thompson offset a float", pb.ORDER_BY_THOMPSON, _token("thompson", [2.5, "12"])),
+    ("thompson seed not digits", pb.ORDER_BY_THOMPSON, _token("thompson", [0, "abc"])),
+    ("thompson seed negative", pb.ORDER_BY_THOMPSON, _token("thompson", [0, "-3"])),
+    ("thompson seed past uint64", pb.ORDER_BY_THOMPSON, _token("thompson", [0, "9" * 30])),
+]
+
+
+@pytest.mark.parametrize(
+    ("order", "token"), [t[1:] for t in FORGED_TOKENS], ids=[t[0] for t in FORGED_TOKENS]
+)
+def test_forged_page_tokens_are_invalid_argument(
+    client: PatternStoreClient, order: int, token: str
+) -> None:
+    """A page token is client input: a forged one gets INVALID_ARGUMENT, never INTERNAL."""
+    client.store_pattern(Pattern(id="a", type="t"))
+    client.store_pattern(Pattern(id="b", type="t"))
+    req = pb.QueryPatternsRequest(order_by=order, page_token=token)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as exc:
+        _call(client, "QueryPatterns", req)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert exc.value.details().startswith("page_token")  # type: ignore[attr-defined]
+    # A token this server issued still pages.
+    first = _call(client, "QueryPatterns", pb.QueryPatternsRequest(order_by=order, limit=1))
+    second = _call(
+        client,
+        "QueryPatterns",
+        pb.QueryPatternsRequest(order_by=order, limit=1, page_token=first.next_page_token),
+    )
+    assert sorted(p.id for p in [*first.patterns, *second.patterns]) == ["a", "b"]
 
 
 def test_undecodable_message_is_invalid_argument(

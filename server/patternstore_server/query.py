@@ -39,6 +39,11 @@ _ORDERS = {
 }
 _TOKEN_VERSION = 1
 _EXPIRES_AT = 19  # storage.queries.COLUMNS position of expires_ns
+# Tokens are client input: bounded before decoding (a real one is under 1 KiB, its id at
+# most 256 bytes), and what they carry is checked as strictly as any field.
+_MAX_TOKEN_CHARS = 2048
+_MAX_THOMPSON_OFFSET = 2**31
+_INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,8 @@ def _encode_token(spec: QuerySpec, value: Any, pid: str) -> str:
 
 
 def _decode_token(token: str, qtype: str, min_confidence: float, order: str) -> tuple[Any, str]:
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise InvalidArgument("page_token", "is not a token this server issued")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         body = json.loads(raw)
@@ -122,7 +129,7 @@ def _decode_token(token: str, qtype: str, min_confidence: float, order: str) -> 
             min_confidence,
             order,
         )
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument("page_token", "is not a token this server issued") from None
     if not same:
         raise InvalidArgument(
@@ -130,6 +137,26 @@ def _decode_token(token: str, qtype: str, min_confidence: float, order: str) -> 
             "belongs to a query with another type, min_confidence or order_by; "
             "repeat the original query's filters",
         )
-    if not isinstance(pid, str) or not isinstance(value, int | float):
+    if not _valid_after(order, value, pid):
         raise InvalidArgument("page_token", "is not a token this server issued")
     return value, pid
+
+
+def _valid_after(order: str, value: Any, pid: Any) -> bool:
+    """Whether a token's (value, id) could have been written by ``_encode_token``: a
+    forged one must be INVALID_ARGUMENT, not an overflow in SQLite or numpy."""
+    if not isinstance(pid, str) or isinstance(value, bool):
+        return False
+    if order == "thompson":
+        # (offset, seed) from thompson_page_token: a seed is 1..2**64-1 in decimal.
+        return (
+            isinstance(value, int)
+            and 0 <= value <= _MAX_THOMPSON_OFFSET
+            and 0 < len(pid) <= 20
+            and pid.isascii()
+            and pid.isdigit()
+            and 0 < int(pid) < 2**64
+        )
+    if isinstance(value, int):
+        return value in _INT64
+    return isinstance(value, float) and math.isfinite(value)
