@@ -7,6 +7,7 @@ fault is gone (or after a restart, for a failed commit), and nothing acknowledge
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ from patternstore import (
     RetryPolicy,
     update_request,
 )
+from patternstore.v1.patternstore_pb2 import StorePatternResponse
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import FakeClock, RunningServer
 from .proc import ServerProcess
@@ -57,29 +60,40 @@ def _readyz(srv: RunningServer) -> int:
         return int(exc.code)
 
 
+def _store_unavailable(c: PatternStoreClient, pid: str, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        c.store_pattern(Pattern(id=pid, type="t"))
+    assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+    assert reason in (exc.value.details() or "")
+
+
+@contextlib.contextmanager
+def _lock_held_elsewhere(
+    srv: RunningServer, c: PatternStoreClient
+) -> Iterator[tuple[apsw.Connection, StorePatternResponse]]:
+    """Another process takes the write lock: yields once writes are paused (the writer
+    retries a QUEUED store meanwhile), with that connection and the store's reply."""
+    other = apsw.Connection(str(srv.server.db_path))
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        queued = c.store_pattern(Pattern(id="queued", type="t"), durability=DURABILITY_QUEUED)
+        _eventually(lambda: _store_unavailable(c, "refused", "lock"))
+        yield other, queued
+    finally:
+        if not other.getautocommit():
+            other.execute("ROLLBACK")
+        other.close()
+
+
 def test_a_lock_held_elsewhere_pauses_writes_not_reads(start_server: Any, clock: FakeClock) -> None:
     srv = start_server(clock, busy_timeout_ms=100)
     with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
         c.store_pattern(Pattern(id="before", type="t"))
-        other = apsw.Connection(str(srv.server.db_path))
-        other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
-        try:
-            queued = c.store_pattern(Pattern(id="queued", type="t"), durability=DURABILITY_QUEUED)
-
-            def paused() -> None:
-                with pytest.raises(grpc.RpcError) as exc:
-                    c.store_pattern(Pattern(id="refused", type="t"))
-                assert _code(exc) == grpc.StatusCode.UNAVAILABLE
-                assert "lock" in exc.value.details()  # type: ignore[attr-defined]
-
-            _eventually(paused)
+        with _lock_held_elsewhere(srv, c) as (_, queued):
             assert c.get_pattern("before").id == "before"  # reads keep working
             assert c.get_pattern("queued").id == "queued"
             assert _readyz(srv) == 503
             assert c.health() == "NOT_SERVING"  # gRPC health mirrors readiness
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
         _eventually(lambda: c.store_pattern(Pattern(id="after", type="t")))
         assert c.flush().durable_sequence >= queued.sequence
         assert _readyz(srv) == 200
@@ -94,6 +108,58 @@ def test_a_lock_held_elsewhere_pauses_writes_not_reads(start_server: Any, clock:
         ]
 
 
+def _unavailable(srv: RunningServer, method: str) -> float:
+    """grpc_server_handled_total of ``method`` with code Unavailable: attempts refused."""
+    url = f"http://127.0.0.1:{srv.server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "grpc_server_handled_total"
+                and labels.get("grpc_method") == method
+                and labels.get("grpc_code") == "Unavailable"
+            ):
+                return float(sample.value)
+    return 0.0
+
+
+def test_the_client_retries_only_what_is_safe_to_repeat(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """While writes are paused (UNAVAILABLE), a conditional store or delete is tried once:
+    had the first attempt been applied, a retry would report ABORTED or NOT_FOUND for a
+    write that happened. An outcome with a request_id is retried."""
+    srv = start_server(clock, busy_timeout_ms=100)
+    retry = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)
+    with PatternStoreClient(srv.target, retry=retry, timeout=5) as c:
+        c.store_pattern(Pattern(id="a", type="t"))
+        with _lock_held_elsewhere(srv, c):
+            calls = {
+                "StorePattern": lambda: c.store_pattern(
+                    Pattern(id="a", type="t"), expected_version=1
+                ),
+                "DeletePattern": lambda: c.delete_pattern("a", expected_version=1),
+                "UpdateConfidence": lambda: c.update_confidence("a", "success", request_id="r"),
+            }
+            tries = {}
+            for method, call in calls.items():
+                before = _unavailable(srv, method)
+                with pytest.raises(grpc.RpcError) as exc:
+                    call()
+                assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+                tries[method] = _unavailable(srv, method) - before
+            assert tries == {"StorePattern": 1, "DeletePattern": 1, "UpdateConfidence": 3}
+            # The timeout bounds the call, retries included (it once applied per attempt:
+            # 100 attempts here took ~5 s).
+            many = RetryPolicy(attempts=100, initial_backoff=0.1, max_backoff=0.1)
+            with PatternStoreClient(srv.target, retry=many, timeout=1.0) as quick:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError):
+                    quick.update_confidence("a", "success", request_id="r2")
+                assert time.monotonic() - started < 3.0
+
+
 def test_a_fault_that_turns_permanent_stops_writes_rather_than_pausing_them(
     start_server: Any, clock: FakeClock
 ) -> None:
@@ -103,33 +169,15 @@ def test_a_fault_that_turns_permanent_stops_writes_rather_than_pausing_them(
     srv = start_server(clock, busy_timeout_ms=100)
     with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
         c.store_pattern(Pattern(id="before", type="t"))
-        other = apsw.Connection(str(srv.server.db_path))
-        other.execute("BEGIN IMMEDIATE")
-        try:
-            c.store_pattern(Pattern(id="queued", type="t"), durability=DURABILITY_QUEUED)
-
-            def paused() -> None:
-                with pytest.raises(grpc.RpcError) as exc:
-                    c.store_pattern(Pattern(id="refused", type="t"))
-                assert "lock" in (exc.value.details() or "")
-
-            _eventually(paused)
+        with _lock_held_elsewhere(srv, c) as (other, _):
             # The writer's retry will now meet a trigger that refuses its insert.
             other.execute(
                 "CREATE TRIGGER refuse_inserts BEFORE INSERT ON patterns "
                 "BEGIN SELECT RAISE(ABORT, 'inserts refused by the test'); END"
             )
             other.execute("COMMIT")
-        finally:
-            other.close()
 
-        def stopped() -> None:
-            with pytest.raises(grpc.RpcError) as exc:
-                c.store_pattern(Pattern(id="later", type="t"))
-            assert _code(exc) == grpc.StatusCode.UNAVAILABLE
-            assert "restart the server" in (exc.value.details() or "")
-
-        _eventually(stopped)
+        _eventually(lambda: _store_unavailable(c, "later", "restart the server"))
         assert c.get_pattern("before").id == "before"
         assert c.health() == "NOT_SERVING"
         assert _readyz(srv) == 503

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -75,14 +76,19 @@ class AsyncPatternStoreClient:
     async def _call(self, method: str, request: Message, response: type[_R], safe: bool) -> _R:
         call = self._unary[method]
         delays = iter(self.retry.delays()) if safe else iter(())
+        # ``timeout`` bounds the call, retries included: each attempt gets what is left.
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
-                reply: Any = await call(request, timeout=self.timeout, metadata=self._metadata)
+                left = max(0.0, deadline - time.monotonic())
+                reply: Any = await call(request, timeout=left, metadata=self._metadata)
                 assert isinstance(reply, response)
                 return reply
             except grpc.RpcError as exc:
                 delay = next(delays, None)
                 if delay is None or not r.RetryPolicy.retryable(exc):
+                    raise
+                if time.monotonic() + delay >= deadline:
                     raise
                 await asyncio.sleep(delay)
 
@@ -165,7 +171,8 @@ class AsyncPatternStoreClient:
             create_only=create_only,
             durability=durability,
         )
-        return await self._call("StorePattern", req, pb.StorePatternResponse, expected_version != 0)
+        # Not retried, conditional or not: see the class docstring.
+        return await self._call("StorePattern", req, pb.StorePatternResponse, False)
 
     async def store_patterns(
         self,
@@ -177,8 +184,7 @@ class AsyncPatternStoreClient:
             x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests
         ]
         req = pb.StorePatternsRequest(requests=items, durability=durability)
-        safe = all(x.expected_version for x in items)
-        return await self._call("StorePatterns", req, pb.StorePatternsResponse, safe)
+        return await self._call("StorePatterns", req, pb.StorePatternsResponse, False)
 
     async def delete_pattern(
         self,
@@ -190,9 +196,7 @@ class AsyncPatternStoreClient:
         req = pb.DeletePatternRequest(
             id=id, expected_version=expected_version, durability=durability
         )
-        return await self._call(
-            "DeletePattern", req, pb.DeletePatternResponse, expected_version != 0
-        )
+        return await self._call("DeletePattern", req, pb.DeletePatternResponse, False)
 
     async def update_confidence(
         self,

@@ -27,9 +27,12 @@ class PatternStoreClient:
     """A connection to a patternstore server.
 
     Errors arrive as ``grpc.RpcError`` (``.code()``, ``.details()``). Calls that are safe
-    to repeat (reads, stores with ``expected_version``, updates with ``request_id``) are
-    retried with exponential backoff when the server is UNAVAILABLE; others are not,
-    since the first attempt may have been applied.
+    to repeat (reads, and outcomes whose every update has a ``request_id``) are retried
+    with exponential backoff when the server is UNAVAILABLE, within ``timeout`` seconds
+    in all. Others are not, since the first attempt may have been applied: that includes
+    stores and deletes with ``expected_version``, whose retry would report ABORTED or
+    NOT_FOUND for a write that happened (and a caller re-applying after ABORTED would
+    apply its change twice).
     """
 
     def __init__(
@@ -84,14 +87,19 @@ class PatternStoreClient:
     def _call(self, method: str, request: Message, response: type[_R], safe: bool) -> _R:
         call = self._unary[method]
         delays = iter(self.retry.delays()) if safe else iter(())
+        # ``timeout`` bounds the call, retries included: each attempt gets what is left.
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
-                reply: Any = call(request, timeout=self.timeout, metadata=self._metadata)
+                left = max(0.0, deadline - time.monotonic())
+                reply: Any = call(request, timeout=left, metadata=self._metadata)
                 assert isinstance(reply, response)
                 return reply
             except grpc.RpcError as exc:
                 delay = next(delays, None)
                 if delay is None or not r.RetryPolicy.retryable(exc):
+                    raise
+                if time.monotonic() + delay >= deadline:
                     raise
                 time.sleep(delay)
 
@@ -239,7 +247,8 @@ class PatternStoreClient:
             create_only=create_only,
             durability=durability,
         )
-        return self._call("StorePattern", req, pb.StorePatternResponse, expected_version != 0)
+        # Not retried, conditional or not: see the class docstring.
+        return self._call("StorePattern", req, pb.StorePatternResponse, False)
 
     def store_patterns(
         self,
@@ -251,8 +260,7 @@ class PatternStoreClient:
             x if isinstance(x, pb.StorePatternRequest) else r.store_request(x) for x in requests
         ]
         req = pb.StorePatternsRequest(requests=items, durability=durability)
-        safe = all(x.expected_version for x in items)
-        return self._call("StorePatterns", req, pb.StorePatternsResponse, safe)
+        return self._call("StorePatterns", req, pb.StorePatternsResponse, False)
 
     def delete_pattern(
         self,
@@ -264,7 +272,7 @@ class PatternStoreClient:
         req = pb.DeletePatternRequest(
             id=id, expected_version=expected_version, durability=durability
         )
-        return self._call("DeletePattern", req, pb.DeletePatternResponse, expected_version != 0)
+        return self._call("DeletePattern", req, pb.DeletePatternResponse, False)
 
     def update_confidence(
         self,
