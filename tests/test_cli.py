@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from patternstore import PatternStoreClient
+
 from .conftest import RunningServer
 
 
@@ -48,6 +50,22 @@ def test_errors_are_one_line_with_the_status(server: RunningServer) -> None:
     r = _cli(server, "get", "missing")
     assert r.returncode == 1
     assert r.stderr.strip() == "patternstore: NOT_FOUND: pattern 'missing' does not exist"
+
+
+def test_a_failed_import_says_what_was_stored(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    """Imports go in batches of 500: a bad record in the second batch leaves the first
+    stored, and the CLI says so (it once reported only the server's "item 2: ...;
+    nothing in this call was stored")."""
+    records = [{"id": f"p{i}", "type": "t"} for i in range(600)]
+    records[502]["type"] = "Bad Type"
+    r = _cli(server, "import", stdin="\n".join(json.dumps(x) for x in records))
+    assert r.returncode == 1
+    assert json.loads(r.stdout) == {"imported": 500}
+    assert "records 501-600 were not stored (item 0 is record 501)" in r.stderr
+    assert "item 2:" in r.stderr and "INVALID_ARGUMENT" in r.stderr
+    assert len(client.get_patterns([f"p{i}" for i in range(600)]).patterns) == 500
 
 
 def test_export_then_import_round_trips(server: RunningServer, tmp_path: Path) -> None:

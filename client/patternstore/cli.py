@@ -204,12 +204,25 @@ def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:
 
 def _cmd_import(c: PatternStoreClient, a: argparse.Namespace) -> None:
     progress = _Progress("imported")
-    with _open_in(a.file) as f:
-        for batch in _batches(_read_patterns(f), _IMPORT_BATCH):
-            c.store_patterns(batch)
-            progress.add(len(batch))
-    progress.done()
-    print(json.dumps({"imported": progress.count}))
+    batch: list[pb.Pattern] = []
+    try:
+        with _open_in(a.file) as f:
+            for batch in _batches(_read_patterns(f), _IMPORT_BATCH):
+                c.store_patterns(batch)
+                progress.add(len(batch))
+    except grpc.RpcError:
+        # A batch is stored whole or not at all ("item i" in the error counts from its
+        # first record); the batches before it are stored: say which records are which.
+        first = progress.count + 1
+        print(
+            f"patternstore: records {first}-{first + len(batch) - 1} were not stored "
+            f"(item 0 is record {first}); the {progress.count} before them were",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        progress.done()
+        print(json.dumps({"imported": progress.count}))
 
 
 def build_parser() -> argparse.ArgumentParser:
