@@ -202,6 +202,31 @@ def test_thompson_frequencies_match_the_probability_of_being_best(
         assert abs(wins[x] / n - p_best[x]) < 4.5 * sigma, (x, wins[x] / n, p_best[x])
 
 
+def test_search_looks_past_expired_neighbours(client: PatternStoreClient, clock: FakeClock) -> None:
+    """Expired patterns stay in the index until the pruner runs: when they are the
+    nearest, the search still answers k live ones (it once answered none)."""
+    soon = Timestamp()
+    soon.FromNanoseconds(clock.now_ns + 10**9)
+    query = _vectors(1, seed=5)[0]
+    near = query + 0.01 * _vectors(20, seed=6)
+    far = _vectors(20, seed=7)
+    client.store_patterns(
+        [
+            Pattern(id=f"near{i}", type="t", embedding=v.tolist(), expires_at=soon)
+            for i, v in enumerate(near)
+        ]
+        + [Pattern(id=f"far{i}", type="t", embedding=v.tolist()) for i, v in enumerate(far)]
+    )
+    assert client.search_similar(query.tolist(), k=1).results[0].pattern.id.startswith("near")
+    clock.advance(2)
+    for exact in (False, True):
+        got = [
+            x.pattern.id for x in client.search_similar(query.tolist(), k=10, exact=exact).results
+        ]
+        assert len(got) == 10 and all(pid.startswith("far") for pid in got)
+    assert len(client.search_similar(query.tolist(), k=50).results) == 20  # all there is
+
+
 def test_expired_patterns_are_invisible_then_pruned(
     client: PatternStoreClient, clock: FakeClock
 ) -> None:

@@ -371,23 +371,30 @@ class PatternStoreServicer:
         k = 10 if req.k == 0 else min(req.k, 1000)
         if index.dims is None:
             return b""
-        # Expired patterns stay in the index until pruned: ask for a few more.
+        # Expired patterns stay in the index until pruned: ask for a few more, and more
+        # again while they crowd out the k nearest (up to the whole index).
         fetch = k * 2 if self._engine.memory.expiring else k
-
-        try:
-            hits = await self._batched_search(
-                query, (fetch, req.type or None, req.min_confidence, req.exact)
-            )
-        except CodecError:
-            raise  # a stored embedding that will not decode: DATA_LOSS, not the caller's
-        except ValueError as exc:
-            raise InvalidArgument("embedding", str(exc)) from None
-        ids = [pid for pid, _ in hits]
-        found = [
-            (pid, sim, data)
-            for (pid, sim), data in zip(hits, self._engine.get_many_serialized(ids), strict=True)
-            if data is not None
-        ][:k]
+        while True:
+            try:
+                hits = await self._batched_search(
+                    query, (fetch, req.type or None, req.min_confidence, req.exact)
+                )
+            except CodecError:
+                raise  # a stored embedding that will not decode: DATA_LOSS, not the caller's
+            except ValueError as exc:
+                raise InvalidArgument("embedding", str(exc)) from None
+            ids = [pid for pid, _ in hits]
+            found = [
+                (pid, sim, data)
+                for (pid, sim), data in zip(
+                    hits, self._engine.get_many_serialized(ids), strict=True
+                )
+                if data is not None
+            ]
+            if len(found) >= k or len(hits) < fetch:
+                break
+            fetch *= 4
+        found = found[:k]
         if req.order_by == pb.ORDER_BY_THOMPSON and found:
             alpha, beta = self._engine.memory.posteriors.params([pid for pid, _, _ in found])
             rng = np.random.default_rng(req.seed or None)
