@@ -236,6 +236,28 @@ def test_query_orderings_ties_and_filters(client: PatternStoreClient, clock: Fak
     assert ids(type="nothing") == []
 
 
+def test_paging_by_id_visits_every_pattern_while_writes_move_them(
+    client: PatternStoreClient, clock: FakeClock
+) -> None:
+    """An export pages by id: a pattern updated between two pages is still visited
+    (paging by recency skips it: the update moves it before the cursor)."""
+    client.store_patterns([_pattern(f"p{i:03d}") for i in range(30)])
+    untouched = ["p015", "p025"]  # each walk moves one; both lie past the first page
+
+    def walk(order: str) -> list[str]:
+        seen: list[str] = []
+        for n, p in enumerate(client.iter_patterns("plan", order_by=order, page_size=10)):
+            seen.append(p.id)
+            if n == 9:  # the first page is read: touch a pattern not yet visited
+                clock.advance(1)
+                client.store_pattern(_pattern(untouched.pop(), name="moved"))
+                client.flush()  # and bring the ordering up to date
+        return seen
+
+    assert sorted(walk("id")) == [f"p{i:03d}" for i in range(30)]
+    assert len(set(walk("recent"))) < 30  # why export does not page by recency
+
+
 def test_query_pagination_visits_each_pattern_once(client: PatternStoreClient) -> None:
     client.store_patterns([_pattern(f"p{i:03d}") for i in range(250)])
     for i in range(0, 250, 7):

@@ -48,6 +48,7 @@ _ORDERS = {
     "recent": pb.ORDER_BY_RECENT,
     "lower_bound": pb.ORDER_BY_LOWER_BOUND,
     "thompson": pb.ORDER_BY_THOMPSON,
+    "id": pb.ORDER_BY_ID,
     "similarity": pb.ORDER_BY_UNSPECIFIED,
 }
 

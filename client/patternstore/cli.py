@@ -193,7 +193,8 @@ def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:
     progress = _Progress("exported")
     out = sys.stdout if a.file == "-" else open(a.file, "w", encoding="utf-8")  # noqa: SIM115
     try:
-        for p in c.iter_patterns(a.type, order_by="recent", consistency=pb.CONSISTENCY_STRONG):
+        # By id: the one ordering in which a pattern updated meanwhile cannot be skipped.
+        for p in c.iter_patterns(a.type, order_by="id", consistency=pb.CONSISTENCY_STRONG):
             out.write(_to_json(p) + "\n")
             progress.add(1)
     finally:
@@ -274,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default="")
     p.add_argument("--min-confidence", type=float, default=0.0)
     p.add_argument(
-        "--order-by", default="confidence", choices=["confidence", "usage", "recent", "lower_bound"]
+        "--order-by",
+        default="confidence",
+        choices=["confidence", "usage", "recent", "lower_bound", "id"],
     )
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--page-token", default="")

@@ -143,7 +143,9 @@ class PatternStoreClient:
         page_size: int = 1000,
         consistency: pb.Consistency = pb.CONSISTENCY_BOUNDED,
     ) -> Iterator[pb.Pattern]:
-        """Every matching pattern, page by page."""
+        """Every matching pattern, page by page. Only ``order_by="id"`` is sure to visit
+        every pattern once while others write: in any other ordering a pattern whose
+        value changes between two pages can move past the cursor and be skipped."""
         token = ""
         while True:
             page = self.query_patterns(

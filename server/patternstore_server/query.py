@@ -36,6 +36,7 @@ _ORDERS = {
     pb.ORDER_BY_RECENT: "recent",
     pb.ORDER_BY_LOWER_BOUND: "lower_bound",
     pb.ORDER_BY_THOMPSON: "thompson",
+    pb.ORDER_BY_ID: "id",
 }
 _TOKEN_VERSION = 1
 _EXPIRES_AT = 19  # storage.queries.COLUMNS position of expires_ns

@@ -31,6 +31,7 @@ class OrderBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_BY_RECENT: _ClassVar[OrderBy]
     ORDER_BY_LOWER_BOUND: _ClassVar[OrderBy]
     ORDER_BY_THOMPSON: _ClassVar[OrderBy]
+    ORDER_BY_ID: _ClassVar[OrderBy]
 
 class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -50,6 +51,7 @@ ORDER_BY_USAGE: OrderBy
 ORDER_BY_RECENT: OrderBy
 ORDER_BY_LOWER_BOUND: OrderBy
 ORDER_BY_THOMPSON: OrderBy
+ORDER_BY_ID: OrderBy
 CONSISTENCY_UNSPECIFIED: Consistency
 CONSISTENCY_BOUNDED: Consistency
 CONSISTENCY_STRONG: Consistency

@@ -138,12 +138,14 @@ DELETE FROM outcome_requests WHERE sequence <= (
 META_GET = "SELECT value FROM meta WHERE key = ?"
 META_SET = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
-# QueryPatterns orderings: the rank column, always descending, ties by id ascending.
+# QueryPatterns orderings: the rank column, always descending, ties by id ascending;
+# "id" alone walks the primary key ascending.
 ORDER_COLUMNS = {
     "confidence": "rank_confidence",
     "usage": "rank_usage",
     "recent": "rank_updated",
     "lower_bound": "rank_lower_bound",
+    "id": "id",
 }
 
 
@@ -157,6 +159,17 @@ def _build_query(column: str, typed: bool, after: bool) -> str:
         # The rank bounds the index walk; the current confidence decides. A pattern whose
         # confidence just rose past the minimum appears once its rank follows.
         where.append("rank_confidence >= :min_confidence")
+    if column == "id":
+        # An export's walk of the primary key: the type filter must not pick its index.
+        if typed:
+            where.append("+type = :type")
+        if after:
+            where.append("id > :after_id")
+        # 0 in the ordering value's place: the token's position is the id alone.
+        return (
+            f"SELECT {COLUMNS}, 0 {FROM_PATTERNS} WHERE {' AND '.join(where)} "
+            "ORDER BY id ASC LIMIT :limit"
+        )
     if typed:
         where.append("type = :type")
     if after:
