@@ -105,6 +105,7 @@ def test_dictionary_training_and_old_rows_after_a_retrain(tmp_path: Path) -> Non
         p = Pattern(id=pid, type="t", data=body, embedding=[0.1, 0.2], alpha=1, beta=1)
         with conn:
             conn.execute(q.UPSERT_PATTERN, store.put_row(conn, pattern_row(p, 1)))
+        store.publish()  # as the writer does after each COMMIT
 
     for i in range(60):
         put(f"a{i}", _payload(i))
@@ -179,16 +180,25 @@ def test_a_rolled_back_transaction_leaves_the_counters_as_they_were(tmp_path: Pa
         pattern_row(Pattern(id=f"r{i}", type="t", data=_payload(i), alpha=1, beta=1), 1)
         for i in range(2)
     ]
+
+    def counters() -> tuple[int, int]:
+        return store.bytes_in["data"], store.bytes_out["data"]
+
     before = store.mark()
     conn.execute("BEGIN IMMEDIATE")
     for row in rows:
         conn.execute(q.UPSERT_PATTERN, store.put_row(conn, row))
-    assert store.mark() != before  # counted inside the transaction
+    # Not published inside the transaction: a counter a scrape saw must never go down.
+    assert counters() == (0, 0)
     conn.execute("ROLLBACK")
     store.restore(before)
     assert store.mark() == before
     with conn:  # the retry that commits: counted once
         for row in rows:
             conn.execute(q.UPSERT_PATTERN, store.put_row(conn, row))
+    store.publish()
     (stored,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
-    assert store.mark()[0] == before[0] + 2 == stored
+    assert store.mark() == before + 2 == stored
+    data_in, data_out = counters()
+    assert data_in == sum(len(_payload(i)) for i in range(2))
+    assert data_out > 0

@@ -326,6 +326,7 @@ class GroupCommitter:
                     conn.execute("ROLLBACK")
                 self._blobs.restore(counted)
                 raise
+        self._blobs.publish()
         if reranked:
             self._unranked.clear()
             self.reranked += reranked

@@ -109,9 +109,13 @@ class PayloadStore:
         self.dictionaries = dictionaries
         self._tracker = RatioTracker()
         self._encoder = PayloadEncoder(level)
-        # Counters read by the metrics: raw bytes in, stored bytes out, per field.
+        # Counters read by the metrics: raw bytes in, stored bytes out, per field. Only
+        # committed work is added (``publish``): a counter must never go down, and a
+        # rolled-back try would otherwise count, then uncount, its bytes.
         self.bytes_in = dict.fromkeys(FIELDS, 0)
         self.bytes_out = dict.fromkeys(FIELDS, 0)
+        self._txn_in = dict.fromkeys(FIELDS, 0)
+        self._txn_out = dict.fromkeys(FIELDS, 0)
         self.trainings = 0
         newest = None
         for dict_id, data, saved in conn.execute(_LOAD_DICTIONARIES):
@@ -188,22 +192,33 @@ class PayloadStore:
             self._count("data", len(data), len(blob))
 
     def _count(self, field: str, raw: int, stored: int) -> None:
-        self.bytes_in[field] += raw
-        self.bytes_out[field] += stored
+        self._txn_in[field] += raw
+        self._txn_out[field] += stored
 
     # -- around a transaction ----------------------------------------------------------
 
-    def mark(self) -> tuple[int, dict[str, int], dict[str, int]]:
-        """The in-memory counters before a transaction, for ``restore`` on rollback."""
-        return self._blob_count, dict(self.bytes_in), dict(self.bytes_out)
+    def mark(self) -> int:
+        """Start counting a transaction; the blob count before it, for ``restore``."""
+        self._forget_txn()
+        return self._blob_count
 
-    def restore(self, mark: tuple[int, dict[str, int], dict[str, int]]) -> None:
+    def restore(self, mark: int) -> None:
         """Undo what a rolled-back transaction counted: the writer retries a batch
         through a transient fault, and each try would count its blobs again (the blob
         count decides when the first dictionary is trained)."""
-        self._blob_count = mark[0]
-        self.bytes_in.update(mark[1])  # in place: metrics read these dicts
-        self.bytes_out.update(mark[2])
+        self._blob_count = mark
+        self._forget_txn()
+
+    def publish(self) -> None:
+        """After COMMIT: add the transaction's bytes to the counters the metrics read."""
+        for field in FIELDS:
+            self.bytes_in[field] += self._txn_in[field]
+            self.bytes_out[field] += self._txn_out[field]
+        self._forget_txn()
+
+    def _forget_txn(self) -> None:
+        for field in FIELDS:
+            self._txn_in[field] = self._txn_out[field] = 0
 
     # -- between transactions ----------------------------------------------------------
 
