@@ -44,3 +44,27 @@ def test_bad_values_name_the_setting() -> None:
         load_settings(["--prior-alpha", "0"], environ={})
     with pytest.raises(ValueError, match="confidence_model"):
         load_settings([], environ={"PATTERNSTORE_CONFIDENCE_MODEL": "magic"})
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        # Each once parsed and started: a writer killed by the first store (inf prior),
+        # INTERNAL on every write (1e308: the lower bound overflows), a core busy while
+        # idle (pruning back to back), expired patterns never deleted, every call
+        # refused, a port above 65535 silently bound modulo 65536.
+        ("prior-alpha", "inf"),
+        ("prior-beta", "1e308"),
+        ("prior-beta", "nan"),
+        ("decay-period-s", "inf"),
+        ("prune-interval-s", "0"),
+        ("prune-batch", "0"),
+        ("prune-below-confidence", "1.5"),
+        ("max-receive-bytes", "0"),
+        ("listen", "127.0.0.1:70000"),
+        ("metrics-listen", "127.0.0.1:99999"),
+    ],
+)
+def test_values_that_parse_but_cannot_work_are_refused(flag: str, value: str) -> None:
+    with pytest.raises(ValueError, match=flag.replace("-", "_")):
+        load_settings([f"--{flag}", value], environ={})

@@ -9,12 +9,13 @@ read once, here, into a frozen :class:`Settings`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-__all__ = ["SETTINGS", "Setting", "Settings", "build_parser", "load_settings"]
+__all__ = ["SETTINGS", "Setting", "Settings", "build_parser", "load_settings", "split_address"]
 
 
 @dataclass(frozen=True)
@@ -209,19 +210,56 @@ def load_settings(
     return settings
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of ``host:port``; an empty host means every interface."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65_535:
+        raise ValueError(f"address {address!r} is not host:port with a port in 0-65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _address_ok(address: str, optional: bool = False) -> bool:
+    if optional and not address:
+        return True
+    try:
+        split_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+# A prior (or a learning rate) past this would drown every outcome (weights stop at 1e6
+# too), and near 1e102 the lower bound's arithmetic overflows.
+_MAX_PRIOR = 1e6
+
+
 def _check(s: Settings) -> None:
-    """Values that parse but cannot work: refuse them at start, naming the setting."""
+    """Values that parse but cannot work: refuse them at start, naming the setting.
+
+    Comparisons are written so NaN fails each one, and every float has an upper bound
+    (inf parses as a float too)."""
     problems = {
-        "prior_alpha": s.prior_alpha > 0,
-        "prior_beta": s.prior_beta > 0,
+        "listen": _address_ok(s.listen),
+        "metrics_listen": _address_ok(s.metrics_listen, optional=True),
+        "prior_alpha": 0 < s.prior_alpha <= _MAX_PRIOR,
+        "prior_beta": 0 < s.prior_beta <= _MAX_PRIOR,
         "decay_factor": 0 < s.decay_factor <= 1,
-        "decay_period_s": s.decay_period_s > 0,
+        "decay_period_s": 0 < s.decay_period_s < math.inf,
         "max_batch": s.max_batch >= 1,
         "max_queue": s.max_queue >= 1,
-        "max_delay_ms": s.max_delay_ms >= 0,
-        "queued_delay_ms": s.queued_delay_ms >= 0,
-        "rank_interval_ms": s.rank_interval_ms >= 0,
-        "learning_rate": s.learning_rate > 0,
+        "max_delay_ms": 0 <= s.max_delay_ms < math.inf,
+        "queued_delay_ms": 0 <= s.queued_delay_ms < math.inf,
+        "rank_interval_ms": 0 <= s.rank_interval_ms < math.inf,
+        "learning_rate": 0 < s.learning_rate <= _MAX_PRIOR,
+        "prune_below_confidence": 0 <= s.prune_below_confidence <= 1,
+        "prune_min_evidence": s.prune_min_evidence >= 0,
+        "prune_idle_s": 0 <= s.prune_idle_s < math.inf,
+        # 0 would run back-to-back passes (a core busy while idle); <= 0 batches delete
+        # nothing, or slice from the end.
+        "prune_interval_s": 0 < s.prune_interval_s < math.inf,
+        "prune_batch": s.prune_batch >= 1,
+        # Below a kilobyte even a GetPatterns of a few ids is refused.
+        "max_receive_bytes": s.max_receive_bytes >= 1024,
     }
     bad = [name for name, ok in problems.items() if not ok]
     if bad:

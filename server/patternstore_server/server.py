@@ -17,7 +17,7 @@ from .cache import make_cache
 from .cache.l2 import CompressedCache
 from .cache.l3 import QueryCache
 from .cache.tiers import PatternTiers
-from .config import Settings
+from .config import Settings, split_address
 from .engine import Clock, Engine
 from .errors import PatternStoreError
 from .metrics import SERVICE, Metrics, StateReading
@@ -32,13 +32,6 @@ log = logging.getLogger("patternstore_server")
 
 DB_NAME = "patterns.db"
 _DRAIN_QUIET_S = 0.1
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address {address!r} is not host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class PatternStoreServer:
@@ -115,7 +108,7 @@ class PatternStoreServer:
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        host, _ = _split_address(s.listen)
+        host, _ = split_address(s.listen)
         credentials = _server_credentials(s)
         if credentials is None:
             self.port = server.add_insecure_port(s.listen)
@@ -132,7 +125,7 @@ class PatternStoreServer:
 
         metrics_addr = "-"
         if s.metrics_listen:
-            mhost, mport = _split_address(s.metrics_listen)
+            mhost, mport = split_address(s.metrics_listen)
             self.metrics.add_state_collector(self._state)
             self._http = SidePort(mhost, mport, self.metrics.registry, self._not_ready)
             self._http.start()
