@@ -52,9 +52,12 @@ EXPOSE 50051 9464
 USER 10001:10001
 WORKDIR /data
 
-# gRPC health (grpc.health.v1), which mirrors readiness: exit 0 only when SERVING.
+# Readiness on the metrics port (/readyz: 200 only when serving and writes work; the gRPC
+# health service says the same). Plain HTTP, so it keeps working when gRPC has TLS: the
+# CLI's `health` would check the server's certificate against public CAs and fail. If
+# you move or disable PATTERNSTORE_METRICS_LISTEN, override the healthcheck too.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["patternstore", "--target", "127.0.0.1:50051", "--timeout", "2", "health"]
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9464/readyz', timeout=2)"]
 
 # The server drains on SIGTERM; Python as PID 1 is fine because it installs that handler.
 STOPSIGNAL SIGTERM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -101,3 +102,12 @@ def server(start_server: Callable[..., RunningServer], clock: FakeClock) -> Runn
 def client(server: RunningServer) -> Iterator[PatternStoreClient]:
     with PatternStoreClient(server.target, timeout=10) as c:
         yield c
+
+
+def self_signed_cert(directory: Path, cn: str, stem: str) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate: (``stem``.pem, ``stem``.key) in ``directory``."""
+    cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    output = ["-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(["openssl", *request, *output], check=True, capture_output=True)
+    return cert, key

@@ -34,6 +34,7 @@ from patternstore import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from .conftest import self_signed_cert
 from .proc import ServerProcess
 from .test_dashboard_prometheus import dashboard_exprs, dashboards, iter_panels, required_binary
 
@@ -262,8 +263,7 @@ def test_dockerfile_essentials() -> None:
     assert args["VOLUME"] == ["/data"]
     assert set(args["EXPOSE"][-1].split()) == {"50051", "9464"}
     assert args["STOPSIGNAL"] == ["SIGTERM"]
-    healthcheck = args["HEALTHCHECK"][-1]
-    assert "patternstore" in healthcheck and "health" in healthcheck.split("CMD", 1)[1]
+    assert "/readyz" in _healthcheck_command()[-1]
     env = _dockerfile_env()
     assert env["PATTERNSTORE_LISTEN"] == "0.0.0.0:50051"
     assert env["PATTERNSTORE_METRICS_LISTEN"] == "0.0.0.0:9464"
@@ -476,28 +476,41 @@ def test_fresh_venv_serves_and_drains(
         server.close()
 
 
-def test_fresh_venv_health_command_for_the_healthcheck(fresh_venv: Path, tmp_path: Path) -> None:
-    """The image's HEALTHCHECK runs `patternstore --target 127.0.0.1:50051 health`."""
-    server = ServerProcess(tmp_path / "data", command=[str(fresh_venv / "patternstore-server")])
+def _healthcheck_command() -> list[str]:
+    """The image's HEALTHCHECK CMD (exec form), as an argument list."""
+    line = [a for k, a in _dockerfile_instructions() if k == "HEALTHCHECK"][-1]
+    command: list[str] = json.loads(line.split("CMD", 1)[1])
+    return command
+
+
+def test_fresh_venv_runs_the_healthcheck(fresh_venv: Path, tmp_path: Path) -> None:
+    """The image's HEALTHCHECK, run with the venv's python against a real server: 0 when
+    ready, non-zero (not a hang) once nothing listens. With TLS on the gRPC port too: it
+    reads /readyz over plain HTTP (the CLI's `health` failed certificate checks)."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, key = self_signed_cert(certs, "patternstore", "server")
+    server = ServerProcess(
+        tmp_path / "data",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        command=[str(fresh_venv / "patternstore-server")],
+    )
+    python, *rest = _healthcheck_command()
+    assert python == "python"
+    command = [str(fresh_venv / "python")] + [
+        a.replace(":9464/", f":{server.metrics_port}/") for a in rest
+    ]
     try:
-        result = subprocess.run(
-            [str(fresh_venv / "patternstore"), "--target", server.target, "health"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert result.returncode == 0, (
-            f"`patternstore health` exited {result.returncode}: {result.stderr.strip()}"
-        )
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"healthcheck exited {result.returncode}: {result.stderr}"
     finally:
         server.close()
-    # Nothing listens any more: the healthcheck must then fail, not hang.
-    result = subprocess.run(
-        [str(fresh_venv / "patternstore"), "--target", server.target, "--timeout", "2", "health"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
 
 

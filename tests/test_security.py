@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient
 
-from .conftest import FakeClock
+from .conftest import FakeClock, self_signed_cert
 from .proc import ServerProcess
 
 
@@ -73,22 +73,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 def certs(tmp_path: Path) -> Path:
     d = tmp_path / "certs"
     d.mkdir()
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=d,
-    )
+    self_signed_cert(d, "test-ca", "ca")
     for name, ext in (
         ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
         ("client", "extendedKeyUsage=clientAuth"),
