@@ -66,6 +66,20 @@ def test_l3_staleness_invalidation_and_epochs() -> None:
     assert l3.get(("tool", 1)) is None  # older than max_staleness
 
 
+def test_l3_ages_a_reply_from_when_its_query_began() -> None:
+    """A query that read its snapshot, then ran for 0.6 s: its reply is 0.6 s old when
+    cached, and stale 0.4 s later (it was served for a further full second before)."""
+    t = Timer()
+    l3 = QueryCache(max_entries=3, max_staleness_s=1.0, timer=t)
+    e, started = l3.epoch("plan"), l3.now()
+    t.now += 0.6  # the query runs
+    assert l3.put(("plan", 1), "plan", b"r", e, computed_at=started)
+    t.now += 0.3
+    assert l3.get(("plan", 1)) == b"r"
+    t.now += 0.2
+    assert l3.get(("plan", 1)) is None
+
+
 def test_l3_clear_refuses_replies_computed_across_it_for_any_type() -> None:
     l3 = QueryCache(max_entries=10, max_staleness_s=60.0, timer=Timer())
     # "fresh" was never invalidated, so it has no per-type epoch of its own yet.

@@ -310,14 +310,16 @@ class PatternStoreServicer:
             cached = l3.get(key)
             if cached is not None:
                 return cached
-        epoch = l3.epoch(spec.type)
+        epoch, started = l3.epoch(spec.type), l3.now()
         loop = asyncio.get_running_loop()
         now = self._engine.now()
         reply, cacheable = await loop.run_in_executor(
             self._queries, run_query, self._pool, spec, now
         )
         if cacheable:
-            l3.put(key, spec.type, reply, epoch)
+            # Aged from the query's start: its snapshot may predate a commit made while
+            # it ran, and the staleness bound is counted from the data, not the reply.
+            l3.put(key, spec.type, reply, epoch, computed_at=started)
         return reply
 
     def _frame_patterns(self, ids: list[str]) -> list[bytes]:
@@ -384,17 +386,20 @@ class PatternStoreServicer:
             except ValueError as exc:
                 raise InvalidArgument("embedding", str(exc)) from None
             ids = [pid for pid, _ in hits]
+            # Candidates are not reads: only the k returned count against idle pruning.
+            datas = self._engine.get_many_serialized(ids, touch=False)
             found = [
                 (pid, sim, data)
-                for (pid, sim), data in zip(
-                    hits, self._engine.get_many_serialized(ids), strict=True
-                )
+                for (pid, sim), data in zip(hits, datas, strict=True)
                 if data is not None
             ]
             if len(found) >= k or len(hits) < fetch:
                 break
             fetch *= 4
         found = found[:k]
+        now = self._engine.now()
+        for pid, _, _ in found:
+            self._engine.memory.touch(pid, now)
         if req.order_by == pb.ORDER_BY_THOMPSON and found:
             alpha, beta = self._engine.memory.posteriors.params([pid for pid, _, _ in found])
             rng = np.random.default_rng(req.seed or None)

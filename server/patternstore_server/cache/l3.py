@@ -68,13 +68,30 @@ class QueryCache:
         self.hits += 1
         return entry[2]
 
-    def put(self, key: Hashable, qtype: str, reply: bytes, epoch: int) -> bool:
-        """Cache ``reply`` unless a write touched ``qtype`` since ``epoch`` was read."""
+    def now(self) -> float:
+        """This cache's clock: read with epoch(), before computing a reply."""
+        return self._timer()
+
+    def put(
+        self,
+        key: Hashable,
+        qtype: str,
+        reply: bytes,
+        epoch: int,
+        computed_at: float | None = None,
+    ) -> bool:
+        """Cache ``reply`` unless a write touched ``qtype`` since ``epoch`` was read.
+
+        ``computed_at`` (``now()`` when the query began) is when its data was read: its
+        age counts from then, so a query that ran for a while is not served for the
+        whole staleness bound again on top of that.
+        """
         if self.max_entries <= 0 or epoch != self.epoch(qtype):
             return False
         if key in self._data:
             self._remove(key)
-        self._data[key] = (qtype, self._timer(), reply)
+        stamp = self._timer() if computed_at is None else computed_at
+        self._data[key] = (qtype, stamp, reply)
         self._by_type.setdefault(qtype, set()).add(key)
         self.currsize += len(reply)
         while len(self._data) > self.max_entries:
