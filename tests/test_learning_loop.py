@@ -275,6 +275,39 @@ def test_one_call_restoring_an_expired_id_sees_its_own_earlier_items(
     assert [(x.version, x.created) for x in r.results] == [(1, True), (2, False)]
 
 
+def test_idle_pruning_counts_what_was_returned_and_survives_a_restart(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """Idle means not stored, updated or read: a search's candidates that it did not
+    return are not reads, and a read just before a restart still counts (reads are
+    not stored: after a start every pattern's idle time begins again)."""
+    soon = Timestamp()
+    soon.FromNanoseconds(clock.now_ns + 10**12)  # one expiring pattern: wider fetches
+    query = _vectors(1, seed=8)[0]
+    srv = start_server(clock, prune_idle_s=100.0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_patterns(
+            [
+                Pattern(id="near", type="t", embedding=(query * 1.01).tolist()),
+                Pattern(id="second", type="t", embedding=(query + 0.3).tolist()),
+                Pattern(id="expiring", type="t", embedding=(-query).tolist(), expires_at=soon),
+            ]
+        )
+        clock.advance(60)
+        assert [x.pattern.id for x in c.search_similar(query.tolist(), k=1).results] == ["near"]
+        clock.advance(60)  # "second" was a candidate only: idle for 120 s
+        dry = c.prune_patterns(dry_run=True)
+        assert sorted(dry.ids) == ["expiring", "second"]
+        c.get_pattern("expiring")  # read at t=120, then a restart
+    srv.stop()
+    srv = start_server(clock, prune_idle_s=100.0)
+    with PatternStoreClient(srv.target) as c:
+        clock.advance(60)
+        assert list(c.prune_patterns(dry_run=True).ids) == []
+        clock.advance(41)  # 101 s after the restart: nothing read since
+        assert sorted(c.prune_patterns(dry_run=True).ids) == ["expiring", "near", "second"]
+
+
 def test_pruning_by_confidence_and_idleness(start_server: Any, clock: FakeClock) -> None:
     srv = start_server(clock, prune_below_confidence=0.3, prune_min_evidence=5, prune_idle_s=100.0)
     with PatternStoreClient(srv.target) as c:

@@ -257,13 +257,16 @@ class Engine:
         self._tiers.fill(pid, data)
         return data
 
-    def get_many_serialized(self, ids: Sequence[str]) -> list[bytes | None]:
-        """Like get_serialized for each id, with one SQLite statement for all misses."""
+    def get_many_serialized(self, ids: Sequence[str], touch: bool = True) -> list[bytes | None]:
+        """Like get_serialized for each id, with one SQLite statement for all misses.
+
+        ``touch=False``: candidates, not reads (the caller touches what it returns).
+        """
         found = self._tiers.get_many(ids)
         memory = self.memory
         now = self._clock()
-        if memory.expiring or memory.track_reads:
-            memory.screen_reads(ids, found, now)
+        if memory.expiring or (memory.track_reads and touch):
+            memory.screen_reads(ids, found, now, touch)
         if None not in found:
             return found
         misses: dict[str, list[int]] = {}
@@ -860,7 +863,7 @@ class Engine:
     def load_memory(self) -> tuple[int, float]:
         """Build the posteriors and the vector index from SQLite (at start, before SERVING)."""
         started = time.perf_counter()
-        loaded = self.memory.load(self._pool.query("load_memory", q.SELECT_MEMORY))
+        loaded = self.memory.load(self._pool.query("load_memory", q.SELECT_MEMORY), self._clock())
         return loaded, time.perf_counter() - started
 
     def embeddings_for(self, ids: Sequence[str]) -> np.ndarray:

@@ -63,9 +63,12 @@ class PatternMemory:
         if self.track_reads:
             self.posteriors.touch(pid, now_ns)
 
-    def screen_reads(self, ids: Sequence[str], found: list[bytes | None], now_ns: int) -> None:
-        """Touch every id read, and blank what ``found`` holds for expired ones."""
-        posteriors = self.posteriors if self.track_reads else None
+    def screen_reads(
+        self, ids: Sequence[str], found: list[bytes | None], now_ns: int, touch: bool = True
+    ) -> None:
+        """Touch every id read (unless ``touch`` is off), and blank what ``found`` holds
+        for expired ones."""
+        posteriors = self.posteriors if self.track_reads and touch else None
         expiring = self.expiring
         for i, pid in enumerate(ids):
             if posteriors is not None:
@@ -112,8 +115,14 @@ class PatternMemory:
         self.posteriors.remove(pid)
         self.vectors.remove(pid)
 
-    def load(self, rows: Iterable[Sequence[Any]]) -> int:
-        """Fill every view from ``SELECT_MEMORY`` rows (at start, before SERVING)."""
+    def load(self, rows: Iterable[Sequence[Any]], now_ns: int) -> int:
+        """Fill every view from ``SELECT_MEMORY`` rows (at start, before SERVING).
+
+        Reads are not stored, so with idle pruning on every pattern counts as active at
+        ``now_ns``: one read just before a restart must not leave it to be pruned as idle
+        (the idle clock restarts instead; pruning is late, never early).
+        """
+        floor = now_ns if self.track_reads else 0
         count = 0
         ids: list[str] = []
         vectors: list[np.ndarray] = []
@@ -121,7 +130,7 @@ class PatternMemory:
         confidences: list[float] = []
         for pid, ptype, alpha, beta, conf, usage, exp, active, emb in rows:
             count += 1
-            self.posteriors.set(pid, ptype, alpha, beta, conf, usage, exp, active)
+            self.posteriors.set(pid, ptype, alpha, beta, conf, usage, exp, max(active, floor))
             if exp:
                 self.expiring[pid] = exp
             if emb:
