@@ -298,7 +298,11 @@ def test_idle_pruning_counts_what_was_returned_and_survives_a_restart(
         clock.advance(60)  # "second" was a candidate only: idle for 120 s
         dry = c.prune_patterns(dry_run=True)
         assert sorted(dry.ids) == ["expiring", "second"]
-        c.get_pattern("expiring")  # read at t=120, then a restart
+        assert [p.id for p in c.query_patterns("t", order_by="id", limit=1).patterns] == [
+            "expiring"
+        ]  # read by a query at t=120 ...
+        assert list(c.prune_patterns(dry_run=True).ids) == ["second"]
+        # ... then a restart
     srv.stop()
     srv = start_server(clock, prune_idle_s=100.0)
     with PatternStoreClient(srv.target) as c:

@@ -300,7 +300,19 @@ class PatternStoreServicer:
         req = _parse(pb.QueryPatternsRequest, raw)
         spec = parse_query(req)
         if spec.order == "thompson":
-            return self._thompson_query(req, spec)
+            return self._thompson_query(req, spec)  # its patterns are read (and touched)
+        reply = await self._ordered_query(req, spec)
+        memory = self._engine.memory
+        if memory.track_reads:
+            # What a query returns is read, like a Get, whether the reply came from L3 or
+            # SQLite: else a pattern only ever read by queries is pruned as idle. Parsed
+            # back for its ids only when idle pruning is on.
+            now = self._engine.now()
+            for pattern in pb.QueryPatternsResponse.FromString(reply).patterns:
+                memory.touch(pattern.id, now)
+        return reply
+
+    async def _ordered_query(self, req: pb.QueryPatternsRequest, spec: QuerySpec) -> bytes:
         l3 = self._engine.l3
         key = spec.cache_key()
         if req.consistency == pb.CONSISTENCY_STRONG:
