@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import threading
@@ -122,6 +123,7 @@ def test_tls_and_mutual_tls(start_server: Any, clock: FakeClock, certs: Path) ->
         with pytest.raises(grpc.RpcError) as exc:
             plain.get_pattern("p")
         assert _code(exc) == grpc.StatusCode.UNAVAILABLE
+    srv.stop()  # one server per data directory (a second is refused while it runs)
     mtls = start_server(
         clock,
         tls_cert=str(certs / "server.pem"),
@@ -240,6 +242,73 @@ def test_online_backup_holds_every_acknowledged_write(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "--force" in r.stderr  # never overwrites by accident
+
+
+def _restore(source: Path, data_dir: Path, *extra: str, fsize: int = 0) -> Any:
+    def limit() -> None:
+        if fsize:  # a disk that fills up during the copy (Python ignores SIGXFSZ)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    cli = [sys.executable, "-m", "patternstore.cli"]
+    return subprocess.run(
+        [*cli, "restore", str(source), "--data-dir", str(data_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+    )
+
+
+def test_restore_refuses_a_live_directory_and_a_failed_one_keeps_the_database(
+    tmp_path: Path,
+) -> None:
+    """restore --force once replaced a running server's database under it (writes it
+    acknowledged afterwards were lost), and deleted the WAL before copying, so a copy
+    that failed lost what a crash had left there."""
+    backup_dir = tmp_path / "backup"
+    source = ServerProcess(backup_dir)
+    try:
+        with PatternStoreClient(source.target) as c:
+            c.store_patterns([Pattern(id=f"b{i}", type="t", data=b"x" * 1000) for i in range(300)])
+        assert source.terminate() == 0
+    finally:
+        source.close()
+    backup = backup_dir / "patterns.db"
+
+    data = tmp_path / "data"
+    live = ServerProcess(data)
+    try:
+        with PatternStoreClient(live.target) as c:
+            c.store_patterns([Pattern(id=f"q{i}", type="t") for i in range(100)])
+        r = _restore(backup, data, "--force")
+        assert r.returncode == 2, r.stdout
+        assert "in use by patternstore-server" in r.stderr
+        with pytest.raises(RuntimeError, match="in use by patternstore-server"):
+            ServerProcess(data)  # nor does a second server share the file
+        with PatternStoreClient(live.target) as c:
+            c.store_pattern(Pattern(id="after", type="t"))
+        live.kill9()  # the WAL now holds committed writes
+    finally:
+        live.close()
+
+    r = _restore(backup, data, "--force", fsize=64 * 1024)
+    assert r.returncode == 2 and "File too large" in r.stderr, r.stderr
+    assert sorted(p.name for p in data.iterdir() if "restoring" in p.name) == []
+    again = ServerProcess(data)
+    try:
+        with PatternStoreClient(again.target) as c:
+            kept = c.get_patterns([*(f"q{i}" for i in range(100)), "after"])
+            assert not kept.missing_ids
+    finally:
+        again.close()
+    r = _restore(backup, data, "--force")  # stopped now: replaced
+    assert r.returncode == 0, r.stderr
+    restored = ServerProcess(data)
+    try:
+        with PatternStoreClient(restored.target) as c:
+            assert c.get_patterns(["q0", "b299"]).missing_ids == ["q0"]
+    finally:
+        restored.close()
 
 
 def test_overload_carries_a_retry_hint(start_server: Any, clock: FakeClock) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 from patternstore_server.errors import StorageError
+from patternstore_server.storage import DataDirLock
 from patternstore_server.storage.backup import check_copy
 
 from .client import PatternStoreClient
@@ -169,24 +170,45 @@ def _cmd_backup(c: PatternStoreClient, a: argparse.Namespace) -> None:
 
 
 def _restore(a: argparse.Namespace) -> int:
-    """Copy a backup into an empty data directory (no server involved)."""
+    """Copy a backup into a data directory no server is using."""
     source = Path(a.source)
     check_copy(source)
     dest = Path(a.data_dir) / "patterns.db"
-    if dest.exists() and not a.force:
-        print(
-            f"patternstore: {dest} exists; stop the server and pass --force to replace it",
-            file=sys.stderr,
-        )
-        return 2
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("-wal", "-shm"):
-        Path(f"{dest}{suffix}").unlink(missing_ok=True)
-    tmp = dest.with_name(dest.name + ".restoring")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, dest)
+    # Held until the copy is in place: a server running on this directory (or starting
+    # meanwhile) is refused, rather than having its database replaced under it.
+    lock = DataDirLock(a.data_dir, "patternstore restore")
+    lock.acquire()
+    try:
+        if dest.exists() and not a.force:
+            print(f"patternstore: {dest} exists; pass --force to replace it", file=sys.stderr)
+            return 2
+        _replace_database(source, dest)
+    finally:
+        lock.release()
     print(json.dumps({"restored": str(dest), "from": str(source)}))
     return 0
+
+
+def _replace_database(source: Path, dest: Path) -> None:
+    """Copy, sync and check beside ``dest`` first; only then drop the old database's
+    WAL (after a crash it holds committed data) and swap the copy in. A failure before
+    the swap leaves the old database as it was."""
+    tmp = dest.with_name(dest.name + ".restoring")
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        check_copy(tmp)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{dest}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename and the unlinks, durable
+    finally:
+        os.close(directory)
 
 
 def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ from .errors import PatternStoreError
 from .metrics import SERVICE, Metrics, StateReading
 from .servicer import PatternStoreServicer
 from .sideport import SidePort
-from .storage import ConnectionOptions, ConnectionPool
+from .storage import ConnectionOptions, ConnectionPool, DataDirLock
 from .vector import limit_blas_threads
 
 __all__ = ["DB_NAME", "PatternStoreServer", "create_server", "serve"]
@@ -52,12 +52,21 @@ class PatternStoreServer:
         self._pruner: asyncio.Task[None] | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = False
+        self._lock = DataDirLock(settings.data_dir, "patternstore-server")
 
     @property
     def db_path(self) -> Path:
         return Path(self.settings.data_dir) / DB_NAME
 
     async def start(self) -> None:
+        self._lock.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         limit_blas_threads()
         self.pool = ConnectionPool(
@@ -277,6 +286,7 @@ class PatternStoreServer:
             )
         else:
             self.pool.close()
+            self._lock.release()  # (a stuck writer's process exits, which drops it)
         if self._http is not None:
             self._http.close()
         log.info("patternstore stopped; durable_sequence=%d", self.engine.durable_sequence)
