@@ -244,6 +244,22 @@ def test_online_backup_holds_every_acknowledged_write(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--force" in r.stderr  # never overwrites by accident
 
 
+def test_a_key_that_does_not_match_the_certificate_is_named_at_start(
+    tmp_path: Path, certs: Path
+) -> None:
+    """gRPC reports it as 'Failed to bind to address': the server names the files."""
+    _, other_key = self_signed_cert(certs, "other", "other")
+    with pytest.raises(RuntimeError, match="check they are PEM and the key matches") as exc:
+        ServerProcess(
+            tmp_path / "data",
+            "--tls-cert",
+            str(certs / "server.pem"),
+            "--tls-key",
+            str(other_key),
+        )
+    assert "Traceback" not in str(exc.value)
+
+
 def _restore(source: Path, data_dir: Path, *extra: str, fsize: int = 0) -> Any:
     def limit() -> None:
         if fsize:  # a disk that fills up during the copy (Python ignores SIGXFSZ)

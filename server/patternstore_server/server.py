@@ -122,7 +122,17 @@ class PatternStoreServer:
         if credentials is None:
             self.port = server.add_insecure_port(s.listen)
         else:
-            self.port = server.add_secure_port(s.listen, credentials)
+            try:
+                self.port = server.add_secure_port(s.listen, credentials)
+            except RuntimeError as exc:
+                # gRPC reports a certificate it cannot use as a failure to bind the port
+                # (the cause is only in its C log): name the files instead.
+                raise ValueError(
+                    f"cannot serve TLS on {s.listen} with tls_cert={s.tls_cert} "
+                    f"tls_key={s.tls_key}"
+                    + (f" tls_client_ca={s.tls_client_ca}" if s.tls_client_ca else "")
+                    + ": check they are PEM and the key matches the certificate"
+                ) from exc
         if self.port == 0:
             raise OSError(f"cannot bind {s.listen}")
         # Health answers NOT_SERVING (the default for "" is SERVING) and calls get
