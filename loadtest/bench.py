@@ -128,7 +128,7 @@ class _Redis:
 
     def __init__(self, work: Path) -> None:
         assert redis is not None
-        port = _free_port()
+        port = self.port = _free_port()
         self._log = open(work / "redis.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -640,6 +640,15 @@ class Bench:
                         f"RecordOutcomes(1000 per stream) {stream:,.0f}/s; the figure is the "
                         "lower; redis: pipelines of 1000 HINCRBYFLOAT, one process"
                     )
+                    native = _redis_benchmark_hincr(store, n, plan) if store else None
+                    if native:
+                        # The issue's baseline is redis-py, whose Python builds each
+                        # pipeline: redis itself takes several times that.
+                        self.notes.append(
+                            f"durable_updates: redis itself (redis-benchmark, C client, one "
+                            f"connection, pipelines of 1000 HINCRBYFLOAT): {native:,.0f}/s; "
+                            f"ours / that = {min(batch, stream) / native:.2f}"
+                        )
                     self._add(
                         "durable_updates",
                         "updates/s",
@@ -841,6 +850,26 @@ def _redis_hincr(client: Any, zipf: Zipf, seconds: float) -> float:
             pipe.hincrbyfloat(k, "alpha", 1.0)
         done += len(pipe.execute())
     return done / elapsed
+
+
+def _redis_benchmark_hincr(store: _Redis, n: int, plan: Plan) -> float | None:
+    """HINCRBYFLOAT/s from redis-benchmark (C, one connection, pipelines of 1000) over
+    ``n`` random keys; None without redis-benchmark."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return None
+    requests = 50_000 if plan.quick else 1_000_000
+    connection = ["-p", str(store.port), "-c", "1", "-P", "1000"]
+    command = ["HINCRBYFLOAT", "key:__rand_int__", "alpha", "1.0"]
+    out = subprocess.run(
+        [exe, *connection, "-n", str(requests), "-r", str(n), "-q", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    rates = re.findall(r"([\d.]+) requests per second", out)
+    return float(rates[-1]) if rates else None
 
 
 class _OutcomeStreamer:
