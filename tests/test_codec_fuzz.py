@@ -145,8 +145,13 @@ def _bomb(content_size: int) -> bytes:
 
 @pytest.mark.parametrize(
     "decode",
-    [lambda b: payload.decode(b"\x01" + b, {}), lambda b: trajectory.decode(b"\x01\x01" + b)],
-    ids=["payload", "trajectory"],
+    [
+        lambda b: payload.decode(b"\x01" + b, {}),
+        lambda b: trajectory.decode(b"\x01\x01" + b),
+        # int8 embedding codes (kind 0x04): once MemoryError, so INTERNAL not DATA_LOSS.
+        lambda b: embedding.decode(bytes([1, 4]) + struct.pack("<ff", 0, 1) + b),
+    ],
+    ids=["payload", "trajectory", "embedding-int8"],
 )
 def test_a_zstd_frame_claiming_a_huge_size_raises_codec_error(
     decode: Callable[[bytes], Any],

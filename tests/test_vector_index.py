@@ -106,6 +106,21 @@ def _two_type_index() -> tuple[VectorIndex, Callable[[Sequence[str]], _F32], _F3
     return index, _fetcher(ids, vectors), query
 
 
+def test_a_vector_of_tiny_norm_is_found_like_any_other() -> None:
+    """127 / max|v| overflowed float32 below max|v| ~ 3.7e-37: inf * 0 gave NaN codes
+    and the approximate search missed a vector that exact search ranked first."""
+    rng = np.random.default_rng(0)
+    index = VectorIndex()
+    vectors = {f"p{i}": rng.standard_normal(8).astype(np.float32) for i in range(50)}
+    query = rng.standard_normal(8).astype(np.float32)
+    vectors["tiny"] = (query / np.abs(query).max() * 1e-38).astype(np.float32)
+    for pid, v in vectors.items():
+        index.upsert(pid, v, "t", 0.5)
+    with np.errstate(all="raise"):  # no overflow or invalid value in the quantiser
+        index.upsert("tiny", vectors["tiny"], "t", 0.5)
+    assert index.search(query, 1)[0][0] == "tiny"
+
+
 @pytest.mark.parametrize("rescore", [True, False])
 def test_type_filter_selects_before_ranking(rescore: bool) -> None:
     index, fetch, query = _two_type_index()

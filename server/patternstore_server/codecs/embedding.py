@@ -195,6 +195,16 @@ def decode(blob: bytes) -> _FloatArray:
 
 def _int8_decode(frame: memoryview) -> bytes:
     try:
+        # max_output_size bounds only frames that state no size (ours): one that claims
+        # a size gets a buffer of that size up front, so a 20-byte rotten blob claiming
+        # 2**50 raised MemoryError (INTERNAL) instead of DATA_LOSS. Check the claim first.
+        claimed = zstandard.get_frame_parameters(
+            frame, zstandard.FORMAT_ZSTD1_MAGICLESS
+        ).content_size
+        if claimed != zstandard.CONTENTSIZE_UNKNOWN and claimed > _MAX_CODES:
+            raise CodecError(
+                f"int8 embedding frame claims {claimed} bytes, more than the {_MAX_CODES} allowed"
+            )
         return _int8_decompressor().decompress(frame, max_output_size=_MAX_CODES)
     except zstandard.ZstdError as exc:
         raise CodecError(f"corrupt int8 embedding frame: {exc}") from exc

@@ -535,15 +535,17 @@ def _quantise(matrix: _F32) -> tuple[npt.NDArray[np.int8], _F32]:
     step = max(1, _BLOCK_ELEMENTS // max(1, matrix.shape[1]))
     for lo in range(0, len(matrix), step):
         block = matrix[lo : lo + step]
-        peak = np.abs(block).max(axis=1).astype(np.float64)
+        peak32 = np.abs(block).max(axis=1)
+        peak = peak32.astype(np.float64)
         norm = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
         nonzero = peak > 0
         # A zero vector gets codes 0 and scale 0: cosine 0 to every query rather than NaN.
-        factor = np.zeros_like(peak)
-        np.divide(_CODE_MAX, peak, out=factor, where=nonzero)
-        # |v| * 127 / max|v| <= 127 (float32 rounding can add an ulp; rint keeps 127),
-        # so the codes need no clipping.
-        codes[lo : lo + step] = np.rint(block * factor.astype(np.float32)[:, np.newaxis])
+        # Divide by the peak, then scale: 127 / max|v| overflowed float32 to inf for a
+        # peak below ~3.7e-37, and inf * 0 made NaN codes (a tiny vector scored as
+        # garbage). |v| / max|v| <= 1 exactly, so the codes need no clipping.
+        unit = np.zeros_like(block)
+        np.divide(block, peak32[:, np.newaxis], out=unit, where=nonzero[:, np.newaxis])
+        codes[lo : lo + step] = np.rint(unit * _CODE_MAX)
         block_scales = np.zeros_like(peak)
         np.divide(peak, _CODE_MAX * norm, out=block_scales, where=nonzero)
         scales[lo : lo + step] = block_scales
