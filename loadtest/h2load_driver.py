@@ -19,9 +19,11 @@ from google.protobuf.message import Message
 
 __all__ = [
     "H2loadResult",
+    "PacedLoad",
     "frame",
     "h2load_available",
     "latencies_us",
+    "paced_rate",
     "run_h2load",
     "write_body",
 ]
@@ -107,12 +109,109 @@ def run_h2load(
         out = subprocess.run(
             cmd, capture_output=True, text=True, check=True, timeout=600 + duration + warmup
         ).stdout
+    return _result(out)
+
+
+def _result(out: str) -> H2loadResult:
     finished = _FINISHED.search(out)
     counts = _REQUESTS.search(out)
     if not finished or not counts:
         raise RuntimeError(f"cannot read h2load's output:\n{out}")
     seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
     return H2loadResult(seconds, int(counts[3]), int(counts[4]), out)
+
+
+class PacedLoad:
+    """h2load calling at a steady ``rate`` in all, each of ``clients`` on its own schedule.
+
+    ``--rps`` is no steady load: h2load's rate timer fires about every 10 ms and sends what
+    is due in one burst, so a latency taken under it is mostly the time to drain a burst.
+    A timing script (one line per call: its offset in ms, the URI) spaces the calls
+    evenly instead. Every client runs the whole script, so each gets ``rate / clients``.
+    h2load's timers have about 1 ms resolution and a late call is not made up for, so
+    the rate reached can fall short: callers read it from the log (``paced_rate``).
+
+    A context manager: h2load runs in the background from ``__enter__``; ``wait()`` lets
+    it finish its script, and leaving the block stops it if it still runs.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        method: str,
+        body: bytes,
+        *,
+        rate: float,
+        seconds: float,
+        log_file: Path | None = None,
+        clients: int = 4,
+        streams: int = 32,
+    ) -> None:
+        path = method if method.startswith("/") else f"/patternstore.v1.PatternStore/{method}"
+        self._uri = f"http://{target}{path}"
+        self._body = body
+        self._per_client = rate / clients
+        self._calls = max(1, round(self._per_client * seconds))
+        self.seconds = seconds
+        self._log_file = log_file
+        self._clients = clients
+        self._streams = streams
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> PacedLoad:
+        self._dir = tempfile.TemporaryDirectory(prefix="h2load-")
+        work = Path(self._dir.name)
+        (work / "body.grpc").write_bytes(self._body)
+        gap_ms = 1000.0 / self._per_client
+        with (work / "calls.script").open("w") as script:
+            script.writelines(f"{i * gap_ms:.3f}\t{self._uri}\n" for i in range(self._calls))
+        cmd = [
+            "h2load",
+            f"--timing-script-file={work / 'calls.script'}",
+            "-c",
+            str(self._clients),
+            "-m",
+            str(self._streams),
+            "-t",
+            "1",
+            "-d",
+            str(work / "body.grpc"),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ]
+        if self._log_file is not None:
+            self._log_file.unlink(missing_ok=True)  # h2load appends to an existing log
+            cmd.append(f"--log-file={self._log_file}")
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        return self
+
+    def wait(self) -> H2loadResult:
+        assert self._proc is not None, "use PacedLoad as a context manager"
+        out, _ = self._proc.communicate(timeout=600 + 4 * self.seconds)
+        if self._proc.returncode != 0:
+            raise RuntimeError(f"h2load failed ({self._proc.returncode}):\n{out}")
+        return _result(out)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.communicate(timeout=30)
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+def paced_rate(log_file: Path, skip_s: float = 0.0) -> float:
+    """Calls/s the log's requests started at (after ``skip_s``), whatever their status."""
+    starts = sorted(int(line.split("\t", 1)[0]) for line in log_file.read_text().splitlines())
+    starts = [t for t in starts if t - starts[0] >= skip_s * 1e6] if starts else []
+    if len(starts) < 2:
+        return 0.0
+    return (len(starts) - 1) / ((starts[-1] - starts[0]) / 1e6)
 
 
 def latencies_us(log_file: Path, skip_s: float = 0.0) -> list[int]:

@@ -27,7 +27,7 @@ LOADTEST = ROOT / "loadtest"
 sys.path.insert(0, str(LOADTEST))
 
 import pybench  # noqa: E402
-from h2load_driver import frame, latencies_us  # noqa: E402
+from h2load_driver import PacedLoad, frame, h2load_available, latencies_us, paced_rate  # noqa: E402
 
 FIGURES = [
     "get_unary",
@@ -195,3 +195,31 @@ def test_h2load_framing_and_log(tmp_path: Path) -> None:
     log.write_text("1000000\t200\t150\n1500000\t200\t250\n2500000\t200\t350\n2600000\t503\t9\n")
     assert latencies_us(log) == [150, 250, 350]
     assert latencies_us(log, skip_s=1.0) == [350]
+    # The rate calls started at counts every status, and the warm-up is left out.
+    assert paced_rate(log) == pytest.approx(3 / 1.6)
+    assert paced_rate(log, skip_s=1.0) == pytest.approx(1 / 0.1)
+
+
+@pytest.mark.skipif(not h2load_available(), reason="h2load (nghttp2-client) is not installed")
+def test_paced_load_spaces_calls_evenly(tmp_path: Path) -> None:
+    """The timing script gives each client an even schedule, not --rps's 10 ms bursts."""
+    server = ServerProcess(tmp_path / "data")
+    try:
+        log = tmp_path / "paced.log"
+        body = frame(pb.GetPatternRequest(id="missing"))
+        with PacedLoad(
+            server.target, "GetPattern", body, rate=1000, seconds=1.0, log_file=log, clients=2
+        ) as load:
+            result = load.wait()
+        assert result.requests_done == 1000
+        starts = sorted(int(line.split("\t")[0]) for line in log.read_text().splitlines())
+        assert len(starts) == 1000
+        # Two clients at 500/s each, a call every 2 ms (h2load falls somewhat behind a
+        # schedule this fine). --rps would send 5 a client at once every 10 ms.
+        assert 300 < paced_rate(log) < 1100
+        per_ms: dict[int, int] = {}
+        for t in starts:
+            per_ms[t // 1000] = per_ms.get(t // 1000, 0) + 1
+        assert max(per_ms.values()) <= 4
+    finally:
+        server.close()
