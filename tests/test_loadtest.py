@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOADTEST = ROOT / "loadtest"
 sys.path.insert(0, str(LOADTEST))
 
+import bench  # noqa: E402
 import pybench  # noqa: E402
 from h2load_driver import PacedLoad, frame, h2load_available, latencies_us, paced_rate  # noqa: E402
 
@@ -223,3 +224,15 @@ def test_paced_load_spaces_calls_evenly(tmp_path: Path) -> None:
         assert max(per_ms.values()) <= 4
     finally:
         server.close()
+
+
+def test_latency_schedule_correction() -> None:
+    """The p99's schedule is corrected toward the rate asked, from what runs reached."""
+    # One run reached 80% of what it asked: ask that much more.
+    assert bench._next_schedule([(1000.0, 800.0)], 1000.0) == pytest.approx(1250.0)
+    # Two runs: interpolate (1250 reached 1100, so 1000 lies between 1000 and 1250).
+    assert bench._next_schedule([(1000.0, 800.0), (1250.0, 1100.0)], 1000.0) == (
+        pytest.approx(1000.0 + 200.0 * 250.0 / 300.0)
+    )
+    # A run that reached nothing does not send the schedule to infinity.
+    assert bench._next_schedule([(1000.0, 0.0)], 1000.0) == 3000.0
