@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tracemalloc
 from typing import Any
 
 from patternstore import (
@@ -12,7 +14,7 @@ from patternstore import (
     PatternStoreClient,
     update_request,
 )
-from patternstore_server.cache.l2 import CompressedCache
+from patternstore_server.cache.l2 import ENTRY_OVERHEAD, CompressedCache
 from patternstore_server.cache.l3 import QueryCache
 
 from .conftest import FakeClock
@@ -32,7 +34,7 @@ def test_l2_round_trip_compresses_and_expires() -> None:
     value = b'{"steps": ["grep", "edit", "test"]}' * 20
     l2.put("a", value)
     assert l2.get("a") == value
-    assert l2.currsize < len(value) / 4
+    assert l2.currsize - ENTRY_OVERHEAD - len("a") < len(value) / 4  # the value compressed
     l2.put("noise", bytes(range(256)))  # does not shrink: kept raw with a format byte
     assert l2.get("noise") == bytes(range(256))
     t.now += 5.01
@@ -41,12 +43,38 @@ def test_l2_round_trip_compresses_and_expires() -> None:
 
 
 def test_l2_byte_bound_evicts_oldest_first() -> None:
-    l2 = CompressedCache(max_bytes=600, ttl_s=60, timer=Timer())
+    l2 = CompressedCache(max_bytes=1500, ttl_s=60, timer=Timer())
     for i in range(10):
-        l2.put(f"k{i}", bytes([i]) * 7 + bytes(range(200)))  # ~200 B each after compression
-        assert l2.currsize <= 600
-    assert "k9" in l2 and "k0" not in l2
+        # ~200 B each after compression, ~520 B with the entry's bookkeeping
+        l2.put(f"k{i}", bytes([i]) * 7 + bytes(range(200)))
+        assert l2.currsize <= 1500
+    assert "k9" in l2 and "k8" in l2 and "k0" not in l2
     assert l2.evictions > 0
+
+
+def test_l2_bound_is_the_memory_it_occupies() -> None:
+    """l2_max_bytes bounds what the entries occupy, not only their compressed values.
+
+    Small patterns compress to ~100 bytes, less than an entry's bookkeeping: counting the
+    values alone let L2 occupy several times its bound.
+    """
+    budget = 2 * 1024 * 1024
+    l2 = CompressedCache(max_bytes=budget, ttl_s=60, timer=Timer())
+    values = [
+        json.dumps({"steps": [f"step {i} {j}" for j in range(8)], "seed": i}).encode()
+        for i in range(1000)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40_000):
+            # Keys made here and handed over, as L1's evictions hand theirs.
+            l2.put(f"pattern-{i:07d}", values[i % 1000])
+        occupied = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert l2.evictions > 0 and l2.currsize <= budget
+    assert occupied <= 1.1 * budget, f"{occupied:,} bytes for a {budget:,}-byte bound"
 
 
 def test_l3_staleness_invalidation_and_epochs() -> None:

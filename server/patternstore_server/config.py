@@ -100,7 +100,9 @@ class Settings:
     )
     slow_query_ms: float = _setting(100.0, "SQLite reads slower than this count as slow queries")
     l2_max_bytes: int = _setting(
-        64 * 1024 * 1024, "L2 (zstd-compressed patterns) capacity in compressed bytes; 0 disables"
+        64 * 1024 * 1024,
+        "L2 (zstd-compressed patterns) capacity in bytes of memory (compressed values, "
+        "keys and ~320 bytes an entry); 0 disables",
     )
     l2_ttl_s: float = _setting(600.0, "an L2 entry expires this long after it was cached")
     l3_max_entries: int = _setting(1000, "L3 (QueryPatterns replies) capacity; 0 disables")
