@@ -395,3 +395,33 @@ def test_a_prune_pass_rechecks_patterns_written_since_its_scan() -> None:
     # A prune's delete names the pattern's type (its cached query replies go at commit).
     p.set("x1", "other", 1.0, 9.0, 0.1, 8, 0, 100 * S)  # re-stored with another type
     assert [p.type_of(pid) for pid in ("x0", "x1", "x3", "e")] == ["t", "other", None, "t"]
+
+
+def test_posteriors_without_pruning_columns_rank_and_expire_the_same() -> None:
+    """Under default settings the posteriors keep no usage or activity (pruning by them
+    is off): ranking, expiry, moves and growth work as with every column."""
+    from patternstore_server.ranking import Posteriors
+
+    full = Posteriors(capacity=2)
+    lean = Posteriors(capacity=2, keep_usage=False, keep_activity=False)
+    for p in (full, lean):
+        for i in range(9):  # grows past its capacity
+            p.set(f"x{i}", "t" if i % 2 else "u", 1.0 + i, 9.0 - i, 0.1 * i, i, 0, 0)
+        p.set("gone", "t", 1.0, 1.0, 0.5, 0, 500, 0)  # expired at 1,000
+        p.learn("x3", 5.0, 5.0, 0.5, 10, 0)
+        p.remove("x0")  # moves the last row into its place
+        p.touch("x1", 10**12)
+    for ptype, floor in (("t", 0.0), ("", 0.25)):
+        ranked = [
+            p.thompson(ptype, floor, 1_000, 10, np.random.default_rng(4)) for p in (full, lean)
+        ]
+        assert ranked[0] == ranked[1] and ranked[0]
+    assert full.prunable(1_000, 0, 0, 0) == lean.prunable(1_000, 0, 0, 0)
+    assert lean.prunable(1_000, 0, 0, 0)["expired"] == ["gone"]
+    assert [lean.type_of(f"x{i}") for i in range(3)] == [None, "t", "u"]
+    with pytest.raises(ValueError):
+        lean.prunable(1_000, 0.5, 1, 0)
+    with pytest.raises(ValueError):
+        lean.prunable(1_000, 0, 0, 10**9)
+    assert not lean.qualifies("x1", "low_confidence", 1_000, 0.9, 0, 0)
+    assert not lean.qualifies("x1", "idle", 1_000, 0, 0, 2 * 10**12)

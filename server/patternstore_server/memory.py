@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 class PatternMemory:
     def __init__(self, settings: Settings) -> None:
-        self.posteriors = Posteriors()
+        # Usage and activity only feed pruning: kept when a prune setting reads them.
+        self.posteriors = Posteriors(
+            keep_usage=settings.prune_below_confidence > 0,
+            keep_activity=settings.prune_idle_s > 0,
+        )
         self.vectors = VectorIndex(scan_threads=settings.query_threads)
         # Empty in the common case, so a read pays one truth test for expiry.
         self.expiring: dict[str, int] = {}
