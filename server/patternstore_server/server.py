@@ -172,12 +172,6 @@ class PatternStoreServer:
         )
         warmed, seconds = await loop.run_in_executor(None, self.engine.warm, s.warm_count)
         log.info("warmed %d patterns into the caches in %.2f s", warmed, seconds)
-        # What start-up built (modules, the memory, the warmed caches) lives as long as
-        # the server: move it out of the collector's generations, so no collection walks
-        # it again. Each full collection is a pause of the event loop, and such pauses are
-        # what GetPattern's latency tail is made of.
-        gc.collect()
-        gc.freeze()
         self.servicer.ready = True
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -338,6 +332,13 @@ async def create_server(settings: Settings, clock: Clock = time.time_ns) -> Patt
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and exit."""
     server = await create_server(settings)
+    # What start-up built (modules, the memory, the warmed caches) lives as long as the
+    # process: move it out of the collector's generations, so no collection walks it
+    # again. Each full collection is a pause of the event loop, and such pauses are what
+    # GetPattern's latency tail is made of. Here, not in start(): a process that starts
+    # and stops many servers (the tests) would never collect the cycles of stopped ones.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
