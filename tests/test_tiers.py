@@ -50,6 +50,9 @@ def test_l2_byte_bound_evicts_oldest_first() -> None:
         assert l2.currsize <= 1500
     assert "k9" in l2 and "k8" in l2 and "k0" not in l2
     assert l2.evictions > 0
+    # A value too big for the bound is not kept, and does not leave an older one behind.
+    l2.put("k9", os.urandom(1500))
+    assert "k9" not in l2 and l2.get("k9") is None and "k8" in l2
 
 
 def test_l2_bound_is_the_memory_it_occupies() -> None:

@@ -76,6 +76,7 @@ class CompressedCache:
     def put(self, key: str, value: bytes) -> None:
         blob = self._encoder.encode(value)
         if _charge(key, blob) > self.max_bytes:
+            self.discard(key)  # too big to keep, and an older value must not stay
             return
         if key in self._data:
             self._remove(key)
