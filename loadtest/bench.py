@@ -407,6 +407,9 @@ class Bench:
             reads = self._throughput(target, "GetPattern", body, count, clients=4, streams=32)
             outcome_rate = (outcomes.received() - sent0) / (time.perf_counter() - t0)
             failed = outcomes.failed() - failed0
+            if not paced.running():
+                # An h2load that cannot connect exits (with 0): the reads ran alone.
+                raise RuntimeError(f"the {outcomes.method} sender stopped before the reads ended")
         return reads, outcome_rate, failed
 
     def _throughput(
@@ -824,13 +827,15 @@ class Bench:
                         f"{batched:,.0f} reads/s (ratio {batched / alone if alone else 0:.2f})"
                         + (f"; {batched_failed} calls not OK" if batched_failed else "")
                     )
+                    # Met only if outcomes really were >= 10% of operations (h2load's
+                    # schedule can fall a little short: 9.5%).
                     self._add(
                         "learning_overhead",
                         "reads/s",
                         mixed,
                         alone,
                         goal,
-                        lambda r, o: r is not None and r >= 0.93,
+                        lambda r, o: r is not None and r >= 0.93 and share >= 0.095,
                     )
 
             # 8. Memory after loading rss_patterns patterns and serving the Zipf mix.
@@ -943,10 +948,12 @@ def _next_schedule(tried: list[tuple[float, float]], rate: float) -> float:
     """The schedule to try next for ``rate``, from (scheduled, reached) runs so far.
 
     h2load's shortfall is roughly proportional to the rate asked: scale by the last
-    miss; with two runs, interpolate between them. Never more than 3x ``rate``.
+    miss; with two runs whose reached rate rose with the schedule, interpolate between
+    them. Never more than 3x ``rate``, nor under a third of it.
     """
     (s1, r1), *rest = tried[-2:] if len(tried) >= 2 else tried
-    if rest and rest[0][1] != r1:
+    if rest and (rest[0][1] - r1) * (rest[0][0] - s1) > 0:
+        # Reached rose with scheduled (noise on a saturated server can say otherwise).
         s2, r2 = rest[0]
         guess = s1 + (rate - r1) * (s2 - s1) / (r2 - r1)
     else:

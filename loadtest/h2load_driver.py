@@ -122,17 +122,20 @@ def _result(out: str) -> H2loadResult:
 
 
 class PacedLoad:
-    """h2load calling at a steady ``rate`` in all, each of ``clients`` on its own schedule.
+    """h2load calling at a steady ``rate`` in all, from ``clients`` evenly staggered clients.
 
     ``--rps`` is no steady load: h2load's rate timer fires about every 10 ms and sends what
     is due in one burst, so a latency taken under it is mostly the time to drain a burst.
-    A timing script (one line per call: its offset in ms, the URI) spaces the calls
-    evenly instead. Every client runs the whole script, so each gets ``rate / clients``.
-    h2load's timers have about 1 ms resolution and a late call is not made up for, so
-    the rate reached can fall short: callers read it from the log (``paced_rate``).
+    A timing script (one line per call: its offset in ms, the URI) spaces calls evenly
+    instead. h2load runs one script for every client of a process, in step, so each
+    client is an h2load process of its own, its script shifted by its share of the gap:
+    the calls of all of them interleave evenly. h2load's timers have about 1 ms
+    resolution and a late call is not made up for (one client manages ~700 calls/s),
+    so the rate reached can fall short: callers read it from the log (``paced_rate``).
 
-    A context manager: h2load runs in the background from ``__enter__``; ``wait()`` lets
-    it finish its script, and leaving the block stops it if it still runs.
+    A context manager: the clients run in the background from ``__enter__``; ``wait()``
+    lets them finish their scripts; leaving the block stops any still running and
+    writes their merged log to ``log_file``.
     """
 
     def __init__(
@@ -150,59 +153,79 @@ class PacedLoad:
         path = method if method.startswith("/") else f"/patternstore.v1.PatternStore/{method}"
         self._uri = f"http://{target}{path}"
         self._body = body
-        self._per_client = rate / clients
-        self._calls = max(1, round(self._per_client * seconds))
+        self._clients = clients
+        self._gap_ms = 1000.0 * clients / rate  # between one client's calls
+        self._calls = max(1, round(rate / clients * seconds))
         self.seconds = seconds
         self._log_file = log_file
-        self._clients = clients
         self._streams = streams
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: subprocess.Popen[str] | None = None
+        self._procs: list[subprocess.Popen[str]] = []
 
     def __enter__(self) -> PacedLoad:
         self._dir = tempfile.TemporaryDirectory(prefix="h2load-")
         work = Path(self._dir.name)
         (work / "body.grpc").write_bytes(self._body)
-        gap_ms = 1000.0 / self._per_client
-        with (work / "calls.script").open("w") as script:
-            script.writelines(f"{i * gap_ms:.3f}\t{self._uri}\n" for i in range(self._calls))
-        cmd = [
-            "h2load",
-            f"--timing-script-file={work / 'calls.script'}",
-            "-c",
-            str(self._clients),
-            "-m",
-            str(self._streams),
-            "-t",
-            "1",
-            "-d",
-            str(work / "body.grpc"),
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-        ]
-        if self._log_file is not None:
-            self._log_file.unlink(missing_ok=True)  # h2load appends to an existing log
-            cmd.append(f"--log-file={self._log_file}")
-        self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        for c in range(self._clients):
+            phase = c * self._gap_ms / self._clients
+            script = work / f"client{c}.script"
+            with script.open("w") as f:
+                f.writelines(
+                    f"{phase + i * self._gap_ms:.3f}\t{self._uri}\n" for i in range(self._calls)
+                )
+            cmd = [
+                "h2load",
+                f"--timing-script-file={script}",
+                f"--log-file={work / f'client{c}.log'}",
+                "-c",
+                "1",
+                "-m",
+                str(self._streams),
+                "-t",
+                "1",
+                "-d",
+                str(work / "body.grpc"),
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+            ]
+            self._procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            )
         return self
 
+    def running(self) -> bool:
+        """Whether every client still runs (an h2load that cannot connect exits, rc 0)."""
+        return bool(self._procs) and all(p.poll() is None for p in self._procs)
+
     def wait(self) -> H2loadResult:
-        assert self._proc is not None, "use PacedLoad as a context manager"
-        out, _ = self._proc.communicate(timeout=600 + 4 * self.seconds)
-        if self._proc.returncode != 0:
-            raise RuntimeError(f"h2load failed ({self._proc.returncode}):\n{out}")
-        return _result(out)
+        """Wait for every client to finish its script: their calls and time, summed."""
+        results = []
+        for proc in self._procs:
+            out, _ = proc.communicate(timeout=600 + 4 * self.seconds)
+            if proc.returncode != 0:
+                raise RuntimeError(f"h2load failed ({proc.returncode}):\n{out}")
+            results.append(_result(out))
+        return H2loadResult(
+            max(r.seconds for r in results),
+            sum(r.requests_done for r in results),
+            sum(r.http_succeeded for r in results),
+            "\n".join(r.output for r in results),
+        )
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            self._proc.communicate(timeout=30)
-        if self._dir is not None:
-            self._dir.cleanup()
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+            if proc.stdout is not None and not proc.stdout.closed:
+                proc.communicate(timeout=30)  # reap it and drain its pipe (not after wait())
+        if self._dir is None:
+            return
+        if self._log_file is not None:
+            logs = sorted(Path(self._dir.name).glob("client*.log"))
+            self._log_file.write_text("".join(log.read_text() for log in logs))
+        self._dir.cleanup()
 
 
 def paced_rate(log_file: Path, skip_s: float = 0.0) -> float:
