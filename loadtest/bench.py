@@ -446,7 +446,7 @@ class Bench:
     ) -> tuple[float, float, float]:
         """p50 and p99 (ms) of GetPattern at a steady ``rate`` calls/s, and the rate reached.
 
-        Four clients each call on an even schedule (an h2load timing script). h2load
+        Four staggered clients call on an even schedule (PacedLoad: h2load timing scripts).
         falls behind a schedule of sub-millisecond gaps, by an amount that varies, and
         does not catch up; so a run that missed ``rate`` by more than 5% is repeated on a
         schedule corrected by what the runs so far reached (at most three runs; the
