@@ -446,12 +446,12 @@ class Bench:
     ) -> tuple[float, float, float]:
         """p50 and p99 (ms) of GetPattern at a steady ``rate`` calls/s, and the rate reached.
 
-        Four staggered clients call on an even schedule (PacedLoad: h2load timing scripts).
-        falls behind a schedule of sub-millisecond gaps, by an amount that varies, and
-        does not catch up; so a run that missed ``rate`` by more than 5% is repeated on a
-        schedule corrected by what the runs so far reached (at most three runs; the
-        one closest to ``rate`` counts). Latency climbs steeply with the rate here, so
-        the rate matters. h2load logs HTTP 200 for a gRPC error too: ``count`` (the
+        Four staggered clients call on an even schedule (PacedLoad: h2load timing
+        scripts). h2load falls behind a schedule of sub-millisecond gaps, by an amount
+        that varies, and does not catch up; so a run that missed ``rate`` by more than 5%
+        is repeated on a schedule corrected by what the runs so far reached (at most
+        three runs; the one closest to ``rate`` counts). Latency climbs steeply with the
+        rate here, so the rate matters. h2load logs HTTP 200 for a gRPC error too: ``count`` (the
         server's OK calls) says whether any logged request failed.
         """
         warm = 0.5 if self.plan.quick else 1.0
