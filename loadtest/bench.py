@@ -345,6 +345,7 @@ class Bench:
         base: Callable[[], float] | None,
         profile: Callable[[], AbstractContextManager[object]] | None = None,
         base_first: bool = False,
+        fmt: str = ",.0f",
     ) -> tuple[float, float | None]:
         """(median of ours, median of base) over ``plan.rounds`` alternating rounds.
 
@@ -367,7 +368,7 @@ class Bench:
                 step()
         if self.plan.rounds > 1:
             rounds = ", ".join(
-                f"{a:,.0f}" + (f"/{b:,.0f} ({a / b:.2f})" if b else "")
+                f"{a:{fmt}}" + (f"/{b:{fmt}} ({a / b:.2f})" if b else "")
                 for a, b in zip(mine, theirs or [0.0] * len(mine), strict=True)
             )
             self.notes.append(f"{name}: rounds (ours/baseline): {rounds}")
@@ -640,18 +641,43 @@ class Bench:
                 if not self.has_h2load or peak <= 0:
                     self._skip("get_p99_ms", "ms", goal, "h2load missing")
                 else:
-                    with profiler.record("get_p99_ms"):
-                        p50, p99, reached = self._latency(
-                            target, get_one, peak / 2, work / "lat.log", ours("GetPattern")
+                    # Rare stalls make the tail: one run each gave ours 1.16, 2.37 and
+                    # 15.3 ms within the hour. Median of alternating rounds, like the rest.
+                    runs: dict[str, list[tuple[float, float, float]]] = {"ours": [], "base": []}
+
+                    def latency_ours() -> float:
+                        runs["ours"].append(
+                            self._latency(
+                                target, get_one, peak / 2, work / "lat.log", ours("GetPattern")
+                            )
                         )
-                    bp50, bp99, breached = self._latency(
-                        f"127.0.0.1:{bport}", get_one, peak / 2, work / "blat.log", base
+                        return runs["ours"][-1][1]
+
+                    def latency_base() -> float:
+                        runs["base"].append(
+                            self._latency(
+                                f"127.0.0.1:{bport}", get_one, peak / 2, work / "blat.log", base
+                            )
+                        )
+                        return runs["base"][-1][1]
+
+                    p99, bp99_median = self._paired(
+                        "get_p99_ms (p99 ms)",
+                        latency_ours,
+                        latency_base,
+                        lambda: profiler.record("get_p99_ms"),
+                        fmt=".2f",
                     )
-                    self.notes.append(
-                        f"get_p99_ms: target {peak / 2:,.0f} calls/s, evenly spaced: ours at "
-                        f"{reached:,.0f}/s p50 {p50:.2f} ms p99 {p99:.2f} ms; trivial server "
-                        f"at {breached:,.0f}/s p50 {bp50:.2f} ms p99 {bp99:.2f} ms"
-                    )
+                    assert bp99_median is not None
+                    bp99 = bp99_median
+                    for who, label in (("ours", "ours"), ("base", "trivial server")):
+                        each = "; ".join(
+                            f"at {r:,.0f}/s p50 {a:.2f} ms p99 {b:.2f} ms" for a, b, r in runs[who]
+                        )
+                        self.notes.append(
+                            f"get_p99_ms: target {peak / 2:,.0f} calls/s, evenly spaced: "
+                            f"{label}: {each}"
+                        )
                     self._add("get_p99_ms", "ms", p99, bp99, goal, lambda r, o: o <= 2.0)
             if baseline is not None:
                 baseline.stop()
