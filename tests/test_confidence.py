@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -182,3 +182,40 @@ def test_the_servers_in_place_learn_matches_apply_outcome(
     row = learn(p, score, weight, t_ns, now, 42, params)
     assert p == expected
     assert row == learned_row(expected, 42)
+
+
+def test_a_batch_over_many_patterns_is_written_whole(
+    start_server: Callable[..., RunningServer], clock: FakeClock
+) -> None:
+    """One commit's learned rows go to SQLite in chunks of statements (256 rows each):
+    after a restart, which reads them back from SQLite, every pattern of a batch over
+    more patterns than a chunk, and repeated ones, carries all its outcomes."""
+    from patternstore.v1 import patternstore_pb2 as pb
+
+    n = 600
+    ids = [f"chunked-{i:04d}" for i in range(n)]
+    server = start_server(clock)
+    with PatternStoreClient(server.target, timeout=30) as c:
+        c.store_patterns([Pattern(id=pid, type="h") for pid in ids])
+        # Every pattern once, the first 100 three times more: 900 outcomes in one call.
+        targets = ids + ids[:100] * 3
+        updates = [
+            update_request(pid, "success" if i % 2 else "failure") for i, pid in enumerate(targets)
+        ]
+        reply = c.update_confidence_batch(updates, durability=pb.DURABILITY_COMMITTED)
+        assert all(r.code == 0 for r in reply.results)
+        expected = {pid: c.get_pattern(pid) for pid in ids}
+    server.stop()
+    server = start_server(clock)
+    with PatternStoreClient(server.target, timeout=30) as c:
+        stored = {p.id: p for p in c.get_patterns(ids).patterns}
+    assert set(stored) == set(ids)
+    for pid in ids:
+        got, want = stored[pid], expected[pid]
+        assert (got.alpha, got.beta, got.confidence, got.usage_count) == (
+            want.alpha,
+            want.beta,
+            want.confidence,
+            want.usage_count,
+        ), pid
+    assert stored[ids[0]].usage_count == 4 and stored[ids[-1]].usage_count == 1

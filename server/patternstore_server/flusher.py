@@ -23,6 +23,7 @@ derived from the failed state); their groups are reported with the same error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -102,6 +103,27 @@ _TRANSIENT = (
     apsw.CantOpenError,
 )
 _SQL: dict[type, str] = {Put: q.UPSERT_PATTERN, Learn: q.UPDATE_LEARNED, Delete: q.DELETE_PATTERN}
+
+# Learned rows per UPDATE ... FROM (VALUES ...): 12 parameters a row, far below SQLite's
+# 32,766. Each statement is one step, so the writer takes the GIL back once per chunk:
+# executemany takes it back after every row, and each time waits for the event loop
+# thread to let go of it (up to the 5 ms switch interval when the loop is busy).
+_LEARNED_CHUNK = 256
+_ROW_PLACEHOLDERS = "(" + ", ".join("?" * (len(q.LEARNED_FIELDS) + 1)) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _update_learned_sql(rows: int) -> str:
+    return q.UPDATE_LEARNED_FROM.format(", ".join([_ROW_PLACEHOLDERS] * rows))
+
+
+def _update_learned(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Write learned rows (distinct ids), ``_LEARNED_CHUNK`` to a statement."""
+    for start in range(0, len(rows), _LEARNED_CHUNK):
+        chunk = rows[start : start + _LEARNED_CHUNK]
+        conn.execute(_update_learned_sql(len(chunk)), [v for row in chunk for v in row])
+
+
 CommitCallback = Callable[[Sequence[Sequence[Op]], int, BaseException | None], None]
 
 
@@ -379,12 +401,12 @@ class GroupCommitter:
 
         def flush_run() -> None:
             if run:
-                rows = run
                 if run_kind is Learn:
                     # Learned rows are absolute images: within one run only the last per
                     # pattern matters (a hot pattern's 50 outcomes cost one UPDATE).
-                    rows = list({row[-1]: row for row in run}.values())
-                conn.executemany(_SQL[run_kind], rows)  # type: ignore[index]
+                    _update_learned(conn, list({row[-1]: row for row in run}.values()))
+                else:
+                    conn.executemany(_SQL[run_kind], run)  # type: ignore[index]
                 run.clear()
 
         for group in batch:

@@ -22,6 +22,7 @@ __all__ = [
     "SELECT_PATTERNS_IN",
     "SELECT_WARM",
     "UPDATE_LEARNED",
+    "UPDATE_LEARNED_FROM",
     "UPSERT_PATTERN",
     "query_sql",
 ]
@@ -103,6 +104,13 @@ RERANK_STALE = f"UPDATE patterns SET {_COPY_RANKS} WHERE " + " OR ".join(
 # An outcome rewrites only the learned columns: the payload blobs stay where they are.
 # Parameters: LEARNED_FIELDS, then the id.
 UPDATE_LEARNED = f"UPDATE patterns SET {', '.join(f'{c} = ?' for c in LEARNED_FIELDS)} WHERE id = ?"
+# Many learned rows in one statement: {} is one "(?, ..., ?)" per row (the learned
+# fields, then the id), whose columns a VALUES list names column1, column2, ...
+UPDATE_LEARNED_FROM = (
+    "UPDATE patterns SET "
+    + ", ".join(f"{c} = v.column{i}" for i, c in enumerate(LEARNED_FIELDS, 1))
+    + f" FROM (VALUES {{}}) AS v WHERE patterns.id = v.column{len(LEARNED_FIELDS) + 1}"
+)
 
 # Start-up: what the in-memory posteriors and the vector index are built from.
 SELECT_MEMORY = (
