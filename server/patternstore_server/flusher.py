@@ -24,6 +24,7 @@ derived from the failed state); their groups are reported with the same error.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -380,12 +381,13 @@ class GroupCommitter:
             return 0
         if not forced and self._monotonic() - self._unranked_since < self._rank_interval_s:
             return 0
-        # In id order: the lookups walk the primary key's B-tree forward.
-        conn.executemany(q.RERANK, [(pid,) for pid in sorted(unranked)])
+        # In id order: the lookups walk the primary key's B-tree forward. One statement
+        # for all, like the learned rows: executemany would take the GIL back per id.
+        conn.execute(q.RERANK, (json.dumps(sorted(unranked)),))
         return len(unranked)
 
     def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> tuple[int, bool]:
-        """Execute the ops in order; runs of outcomes go through one executemany.
+        """Execute the ops in order; runs of outcomes go through ``_update_learned``.
         Returns how many ops, and whether a Rank op asks for the ranks now.
 
         Stores and deletes run one by one: each reads the blob reference the previous
