@@ -105,24 +105,27 @@ _TRANSIENT = (
 )
 _SQL: dict[type, str] = {Put: q.UPSERT_PATTERN, Learn: q.UPDATE_LEARNED, Delete: q.DELETE_PATTERN}
 
-# Learned rows per UPDATE ... FROM (VALUES ...): 12 parameters a row, far below SQLite's
-# 32,766. Each statement is one step, so the writer takes the GIL back once per chunk:
+# Rows per multi-row statement (learned rows: UPDATE ... FROM (VALUES ...); outcome
+# request ids: INSERT ... VALUES): 12 parameters a row at most, far below SQLite's 32,766.
+# Each statement is one step, so the writer takes the GIL back once per chunk:
 # executemany takes it back after every row, and each time waits for the event loop
 # thread to let go of it (up to the 5 ms switch interval when the loop is busy).
-_LEARNED_CHUNK = 256
-_ROW_PLACEHOLDERS = "(" + ", ".join("?" * (len(q.LEARNED_FIELDS) + 1)) + ")"
+_CHUNK = 256
 
 
-@functools.lru_cache(maxsize=64)
-def _update_learned_sql(rows: int) -> str:
-    return q.UPDATE_LEARNED_FROM.format(", ".join([_ROW_PLACEHOLDERS] * rows))
+@functools.lru_cache(maxsize=128)
+def _rows_sql(template: str, width: int, rows: int) -> str:
+    """``template`` with its {} filled by ``rows`` placeholder tuples of ``width``."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(", ".join([row] * rows))
 
 
-def _update_learned(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Write learned rows (distinct ids), ``_LEARNED_CHUNK`` to a statement."""
-    for start in range(0, len(rows), _LEARNED_CHUNK):
-        chunk = rows[start : start + _LEARNED_CHUNK]
-        conn.execute(_update_learned_sql(len(chunk)), [v for row in chunk for v in row])
+def _execute_rows(conn: apsw.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
+    """Execute ``template`` (a VALUES list as {}) over ``rows``, ``_CHUNK`` to a statement."""
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        sql = _rows_sql(template, len(chunk[0]), len(chunk))
+        conn.execute(sql, [v for row in chunk for v in row])
 
 
 CommitCallback = Callable[[Sequence[Sequence[Op]], int, BaseException | None], None]
@@ -387,7 +390,7 @@ class GroupCommitter:
         return len(unranked)
 
     def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> tuple[int, bool]:
-        """Execute the ops in order; runs of outcomes go through ``_update_learned``.
+        """Execute the ops in order; runs of outcomes go through ``_execute_rows``.
         Returns how many ops, and whether a Rank op asks for the ranks now.
 
         Stores and deletes run one by one: each reads the blob reference the previous
@@ -406,7 +409,8 @@ class GroupCommitter:
                 if run_kind is Learn:
                     # Learned rows are absolute images: within one run only the last per
                     # pattern matters (a hot pattern's 50 outcomes cost one UPDATE).
-                    _update_learned(conn, list({row[-1]: row for row in run}.values()))
+                    rows = list({row[-1]: row for row in run}.values())
+                    _execute_rows(conn, q.UPDATE_LEARNED_FROM, rows)
                 else:
                     conn.executemany(_SQL[run_kind], run)  # type: ignore[index]
                 run.clear()
@@ -434,7 +438,7 @@ class GroupCommitter:
                     conn.execute(q.DELETE_PATTERN, (op.id,))
         flush_run()
         if remembered:
-            conn.executemany(q.INSERT_OUTCOME_REQUEST, remembered)
+            _execute_rows(conn, q.INSERT_OUTCOME_REQUESTS, remembered)
         return n, rank_now
 
     def _train_if_due(self) -> None:

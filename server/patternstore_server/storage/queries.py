@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = [
     "COLUMNS",
     "DELETE_PATTERN",
-    "INSERT_OUTCOME_REQUEST",
+    "INSERT_OUTCOME_REQUESTS",
     "LEARNED_FIELDS",
     "LOAD_OUTCOME_REQUESTS",
     "META_GET",
@@ -95,7 +95,7 @@ UPSERT_PATTERN = (
 
 _COPY_RANKS = ", ".join(f"{r} = {c}" for r, c in RANKS.items())
 # Parameter: the id.
-# The ids as one JSON array: one statement, one step (see flusher._update_learned).
+# The ids as one JSON array: one statement, one step (see flusher._execute_rows).
 RERANK = f"UPDATE patterns SET {_COPY_RANKS} WHERE id IN (SELECT value FROM json_each(?))"
 # At start: ranks an earlier run committed outcomes for but had not copied yet.
 RERANK_STALE = f"UPDATE patterns SET {_COPY_RANKS} WHERE " + " OR ".join(
@@ -128,9 +128,10 @@ SELECT_WARM = (
 
 DELETE_PATTERN = "DELETE FROM patterns WHERE id = ?"
 
-INSERT_OUTCOME_REQUEST = """
+# {} is one "(?, ?, ?, ?)" per request; a later row with the same id replaces an earlier.
+INSERT_OUTCOME_REQUESTS = """
 INSERT OR REPLACE INTO outcome_requests (request_id, pattern_id, sequence, confidence)
-VALUES (?, ?, ?, ?)
+VALUES {}
 """
 
 LOAD_OUTCOME_REQUESTS = """
