@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -203,6 +205,47 @@ def test_record_outcomes_stream(client: PatternStoreClient) -> None:
     assert (r.accepted, r.not_found, r.duplicates) == (2, 1, 1)
     assert r.durable_sequence >= client.get_stats().last_sequence
     assert client.get_pattern("a").usage_count == 1
+
+
+def _handled(server: RunningServer, method: str, code: str) -> float:
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    prefix = f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",'
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_a_cancelled_outcome_stream_is_counted_cancelled(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    """grpc.aio ends the request iterator on a cancel as on a complete stream: the call
+    must still end CANCELLED in grpc_server_handled_total, not OK. The outcomes read
+    before the cancel stay applied (a cancel undoes nothing)."""
+    client.store_pattern(_pattern("a"))
+
+    async def cancel_midway() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = channel.stream_unary(
+                "/patternstore.v1.PatternStore/RecordOutcomes",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=lambda b: b,
+            )()
+            for _ in range(3):
+                await call.write(update_request("a", "success"))
+            # Once all three are applied and durable, the server waits for a fourth,
+            # and nothing is left for the end of the call to wait on.
+            while client.get_pattern("a").usage_count < 3:
+                await asyncio.sleep(0.01)
+            client.flush()
+            call.cancel()
+            deadline = time.monotonic() + 5
+            while _handled(server, "RecordOutcomes", "Cancelled") < 1:
+                assert time.monotonic() < deadline, "the cancel was never counted"
+                await asyncio.sleep(0.01)
+
+    asyncio.run(cancel_midway())
+    assert _handled(server, "RecordOutcomes", "OK") == 0
+    assert client.get_pattern("a").usage_count == 3
 
 
 def test_record_outcomes_refuses_bad_message_with_its_index(client: PatternStoreClient) -> None:

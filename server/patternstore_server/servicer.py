@@ -638,6 +638,11 @@ class PatternStoreServicer:
                 else:
                     accepted += 1
             index += 1
+        # A client's cancel also ends the request iterator, as if the stream were
+        # complete; grpc.aio cancels this task only when the loop next runs. Yield once,
+        # so a cancelled call ends (and is counted) CANCELLED, not OK to nobody. The
+        # outcomes read before it stay applied: a cancel does not undo them.
+        await asyncio.sleep(0)
         durable = await engine.wait_durable()
         return pb.RecordOutcomesResponse(
             accepted=accepted,
