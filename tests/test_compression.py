@@ -190,6 +190,7 @@ def test_a_rolled_back_transaction_leaves_the_counters_as_they_were(tmp_path: Pa
         conn.execute(q.UPSERT_PATTERN, store.put_row(conn, row))
     # Not published inside the transaction: a counter a scrape saw must never go down.
     assert counters() == (0, 0)
+    assert len(store.tracker) == 0
     conn.execute("ROLLBACK")
     store.restore(before)
     assert store.mark() == before
@@ -202,3 +203,4 @@ def test_a_rolled_back_transaction_leaves_the_counters_as_they_were(tmp_path: Pa
     data_in, data_out = counters()
     assert data_in == sum(len(_payload(i)) for i in range(2))
     assert data_out > 0
+    assert len(store.tracker) == 2  # the drift window saw each blob once

@@ -248,6 +248,11 @@ class RatioTracker:
                 self._raw_total -= old_raw
                 self._stored_total -= old_stored
 
+    def __len__(self) -> int:
+        """Writes in the window now."""
+        with self._lock:
+            return len(self._sizes)
+
     def reset(self, baseline: float | None) -> None:
         """Start over after a (re)train, with that dictionary's measured saved fraction."""
         with self._lock:

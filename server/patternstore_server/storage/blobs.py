@@ -107,7 +107,8 @@ class PayloadStore:
         self._dict_min_samples = dict_min_samples
         self._embedding_storage = embedding_storage
         self.dictionaries = dictionaries
-        self._tracker = RatioTracker()
+        # Read-only outside: the payloads' saved fraction, fed at COMMIT (``publish``).
+        self.tracker = RatioTracker()
         self._encoder = PayloadEncoder(level)
         # Counters read by the metrics: raw bytes in, stored bytes out, per field. Only
         # committed work is added (``publish``): a counter must never go down, and a
@@ -116,6 +117,8 @@ class PayloadStore:
         self.bytes_out = dict.fromkeys(FIELDS, 0)
         self._txn_in = dict.fromkeys(FIELDS, 0)
         self._txn_out = dict.fromkeys(FIELDS, 0)
+        # (raw, stored) of each new blob in the open transaction, for the tracker.
+        self._txn_sizes: list[tuple[int, int]] = []
         self.trainings = 0
         newest = None
         for dict_id, data, saved in conn.execute(_LOAD_DICTIONARIES):
@@ -123,7 +126,7 @@ class PayloadStore:
             newest = (dict_id, data, saved)
         if newest is not None:
             self._encoder = PayloadEncoder(level, PayloadDictionary(newest[0], newest[1]))
-            self._tracker.reset(newest[2])
+            self.tracker.reset(newest[2])
         # Distinct payloads stored, kept by hand: counting the table after every commit
         # would scan it.
         row = conn.execute(_COUNT_BLOBS).fetchone()
@@ -188,7 +191,7 @@ class PayloadStore:
             blob = self._encoder.encode(data)
             conn.execute(_INSERT_BLOB, (key, blob))
             self._blob_count += 1
-            self._tracker.record(len(data), len(blob))
+            self._txn_sizes.append((len(data), len(blob)))
             self._count("data", len(data), len(blob))
 
     def _count(self, field: str, raw: int, stored: int) -> None:
@@ -210,13 +213,18 @@ class PayloadStore:
         self._forget_txn()
 
     def publish(self) -> None:
-        """After COMMIT: add the transaction's bytes to the counters the metrics read."""
+        """After COMMIT: add the transaction's bytes to the counters the metrics read,
+        and its new blobs to the ratio tracker (a rolled-back try must not count: its
+        retry would fill the window twice with the same blobs)."""
+        for raw, stored in self._txn_sizes:
+            self.tracker.record(raw, stored)
         for field in FIELDS:
             self.bytes_in[field] += self._txn_in[field]
             self.bytes_out[field] += self._txn_out[field]
         self._forget_txn()
 
     def _forget_txn(self) -> None:
+        self._txn_sizes.clear()
         for field in FIELDS:
             self._txn_in[field] = self._txn_out[field] = 0
 
@@ -225,7 +233,7 @@ class PayloadStore:
     def maybe_train(self, conn: apsw.Connection, force: bool = False) -> bool:
         """Train (or retrain) the payload dictionary when it is due; True when it did."""
         due_first = self._encoder.dictionary is None and self._blob_count >= self._dict_min_samples
-        if not (force or due_first or self._tracker.drifted()):
+        if not (force or due_first or self.tracker.drifted()):
             return False
         if not force and self._blob_count < self._retry_at_count:
             return False  # the last attempt failed or had too few samples: wait for more
@@ -257,7 +265,7 @@ class PayloadStore:
         self.dictionaries[dict_id] = trained
         self._retry_at_count = 0
         self._encoder = encoder
-        self._tracker.reset(saved)
+        self.tracker.reset(saved)
         self.trainings += 1
         log.info(
             "trained payload dictionary %d on %d samples in %.2f s: %.1f%% saved",
