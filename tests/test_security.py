@@ -66,6 +66,32 @@ def test_roles(start_server: Any, clock: FakeClock, tokens: Path, tmp_path: Path
         assert not out.exists() and not (tmp_path / "copy.db.partial").exists()
 
 
+def test_a_tokens_file_others_may_write_is_refused(
+    start_server: Any, clock: FakeClock, tokens: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like ssh with a private key: anyone who may write the file may add an admin
+    token, so the server does not start. Readable by others only warns (a Kubernetes
+    secret volume mounts 0644 by default)."""
+    tokens.chmod(0o666)
+    with pytest.raises(ValueError, match="chmod go-w"):
+        start_server(clock, auth_tokens_file=str(tokens))
+    tokens.chmod(0o620)
+    with pytest.raises(ValueError, match="writable by group or others"):
+        start_server(clock, auth_tokens_file=str(tokens))
+    tokens.chmod(0o644)
+    with caplog.at_level("WARNING", logger="patternstore_server.auth"):
+        srv = start_server(clock, auth_tokens_file=str(tokens))
+    assert "readable by every user" in caplog.text
+    with PatternStoreClient(srv.target, token="a-token") as admin:
+        admin.store_pattern(Pattern(id="p", type="t"))
+    srv.stop()
+    caplog.clear()
+    tokens.chmod(0o600)
+    with caplog.at_level("WARNING", logger="patternstore_server.auth"):
+        start_server(clock, auth_tokens_file=str(tokens))
+    assert "readable" not in caplog.text
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 

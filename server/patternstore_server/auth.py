@@ -8,6 +8,8 @@ Health and reflection stay open so probes and grpcurl work without a token.
 from __future__ import annotations
 
 import hmac
+import logging
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import grpc
 
 __all__ = ["ROLES", "AuthInterceptor", "load_tokens", "required_role"]
+
+log = logging.getLogger(__name__)
 
 ROLES = ("read", "write", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
@@ -39,7 +43,9 @@ _NEEDS = {
 
 
 def load_tokens(path: str | Path) -> dict[str, str]:
-    """token -> role. Raises ValueError naming the line of a malformed entry."""
+    """token -> role. Raises ValueError naming the line of a malformed entry, or when
+    other users may write the file."""
+    _check_mode(Path(path))
     tokens: dict[str, str] = {}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -52,6 +58,25 @@ def load_tokens(path: str | Path) -> dict[str, str]:
     if not tokens:
         raise ValueError(f"{path}: no tokens; remove the setting to run without auth")
     return tokens
+
+
+def _check_mode(path: Path) -> None:
+    # Like ssh with a private key: a file others may write lets them add an admin token,
+    # so the server refuses it. Readable by others only warns: a Kubernetes secret
+    # volume mounts files 0644 unless told otherwise, and that is the container's user.
+    mode = path.stat().st_mode  # follows symlinks, as a secret volume's files are
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError(
+            f"{path}: writable by group or others (mode {stat.S_IMODE(mode):o}), who could "
+            f"add an admin token; run chmod go-w {path}"
+        )
+    if mode & stat.S_IROTH:
+        log.warning(
+            "%s: readable by every user on the host (mode %o); chmod 600 it if the host "
+            "is shared",
+            path,
+            stat.S_IMODE(mode),
+        )
 
 
 def required_role(method: str) -> str | None:

@@ -69,6 +69,9 @@ class PatternStoreServer:
 
     async def _start(self) -> None:
         s = self.settings
+        # Read before anything starts: a bad file must fail the start with nothing to
+        # undo (a pool opened, the writer thread running).
+        tokens = load_tokens(s.auth_tokens_file) if s.auth_tokens_file else None
         limit_blas_threads()
         self.pool = ConnectionPool(
             self.db_path,
@@ -101,8 +104,8 @@ class PatternStoreServer:
         self.servicer = PatternStoreServicer(self.engine, self.pool, self.metrics, s.query_threads)
 
         interceptors = []
-        if s.auth_tokens_file:
-            interceptors.append(AuthInterceptor(load_tokens(s.auth_tokens_file)))
+        if tokens is not None:
+            interceptors.append(AuthInterceptor(tokens))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
