@@ -9,6 +9,9 @@ from typing import Any
 
 import apsw
 import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from patternstore import Pattern, PatternStoreClient, Trajectory
 from patternstore_server.model import pattern_row, row_to_pattern
 from patternstore_server.storage import ConnectionOptions, ConnectionPool
@@ -94,6 +97,68 @@ def test_dedup_reference_counts_survive_churn(
         assert got == live
     count, refs = _blob_stats(tmp_path / "data" / "patterns.db")
     assert count == len(set(live.values())) and refs == len(live)
+
+
+def _db_image(conn: apsw.Connection) -> tuple[list[Any], list[Any]]:
+    patterns = conn.execute("SELECT id, data_key, version FROM patterns ORDER BY id").fetchall()
+    blobs = conn.execute("SELECT key, refs, data FROM blobs ORDER BY key").fetchall()
+    return patterns, blobs
+
+
+# Each op: (id, payload number) stores, (id, None) deletes; a run of stores between two
+# deletes is what the writer hands put_rows at once.
+_ops = st.lists(
+    st.tuples(st.sampled_from("abcde"), st.one_of(st.none(), st.integers(0, 3))),
+    max_size=30,
+)
+
+
+def _apply_ops(
+    conn: apsw.Connection, store: PayloadStore, ops: list[Any], grouped: bool, version: int
+) -> int:
+    """Apply ``ops`` in one transaction, as the writer does: each run of stores through
+    one put_rows call (``grouped``), or one put_rows call per store."""
+    run: list[tuple[tuple[Any, ...], bool]] = []
+    with conn:
+        for pid, body in [*ops, (None, None)]:
+            if body is not None:
+                version += 1
+                p = Pattern(id=pid, type="t", data=_payload(body), alpha=1, beta=1)
+                p.version = version
+                run.append((pattern_row(p, version), False))
+                if grouped:
+                    continue
+            for row in store.put_rows(conn, run) if run else []:
+                conn.execute(q.UPSERT_PATTERN, row)
+            run.clear()
+            if body is None and pid is not None:
+                store.delete_row(conn, pid)
+                conn.execute(q.DELETE_PATTERN, (pid,))
+    return version
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=_ops, batch=_ops)
+def test_a_run_of_stores_leaves_what_one_by_one_would(
+    tmp_path_factory: pytest.TempPathFactory, before: list[Any], batch: list[Any]
+) -> None:
+    """put_rows nets a run's blob references in Python: the tables must end as storing
+    and deleting one op at a time leaves them (keys, reference counts, blob bytes)."""
+    images = []
+    for grouped in (False, True):
+        pool = ConnectionPool(tmp_path_factory.mktemp("db") / "p.db", ConnectionOptions())
+        conn = pool.writer()
+        store = PayloadStore(conn, pool.dictionaries)
+        version = _apply_ops(conn, store, before, False, 0)
+        _apply_ops(conn, store, batch, grouped, version)
+        images.append(_db_image(conn))
+        (count,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+        assert store.mark() == count  # the count kept by hand (it decides training)
+        pool.close()
+    one_by_one, grouped_image = images
+    assert grouped_image == one_by_one
+    patterns, blobs = grouped_image
+    assert sum(r for _, r, _ in blobs) == len(patterns)
 
 
 def test_dictionary_training_and_old_rows_after_a_retrain(tmp_path: Path) -> None:

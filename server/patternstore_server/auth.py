@@ -72,8 +72,7 @@ def _check_mode(path: Path) -> None:
         )
     if mode & stat.S_IROTH:
         log.warning(
-            "%s: readable by every user on the host (mode %o); chmod 600 it if the host "
-            "is shared",
+            "%s: readable by every user on the host (mode %o); chmod 600 it if the host is shared",
             path,
             stat.S_IMODE(mode),
         )

@@ -23,7 +23,6 @@ derived from the failed state); their groups are reported with the same error.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -37,6 +36,7 @@ import apsw
 from .errors import StorageError, storage_errors
 from .storage import queries as q
 from .storage.blobs import PayloadStore
+from .storage.rows import execute_rows
 
 __all__ = ["Delete", "GroupCommitter", "Learn", "Op", "Put", "Rank"]
 
@@ -103,30 +103,6 @@ _TRANSIENT = (
     apsw.ReadOnlyError,
     apsw.CantOpenError,
 )
-_SQL: dict[type, str] = {Put: q.UPSERT_PATTERN, Learn: q.UPDATE_LEARNED, Delete: q.DELETE_PATTERN}
-
-# Rows per multi-row statement (learned rows: UPDATE ... FROM (VALUES ...); outcome
-# request ids: INSERT ... VALUES): 12 parameters a row at most, far below SQLite's 32,766.
-# Each statement is one step, so the writer takes the GIL back once per chunk:
-# executemany takes it back after every row, and each time waits for the event loop
-# thread to let go of it (up to the 5 ms switch interval when the loop is busy).
-_CHUNK = 256
-
-
-@functools.lru_cache(maxsize=128)
-def _rows_sql(template: str, width: int, rows: int) -> str:
-    """``template`` with its {} filled by ``rows`` placeholder tuples of ``width``."""
-    row = "(" + ", ".join("?" * width) + ")"
-    return template.format(", ".join([row] * rows))
-
-
-def _execute_rows(conn: apsw.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
-    """Execute ``template`` (a VALUES list as {}) over ``rows``, ``_CHUNK`` to a statement."""
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        sql = _rows_sql(template, len(chunk[0]), len(chunk))
-        conn.execute(sql, [v for row in chunk for v in row])
-
 
 CommitCallback = Callable[[Sequence[Sequence[Op]], int, BaseException | None], None]
 
@@ -390,15 +366,15 @@ class GroupCommitter:
         return len(unranked)
 
     def _apply(self, conn: apsw.Connection, batch: list[Sequence[Op]]) -> tuple[int, bool]:
-        """Execute the ops in order; runs of outcomes go through ``_execute_rows``.
-        Returns how many ops, and whether a Rank op asks for the ranks now.
+        """Execute the ops in order, runs of stores and of outcomes each in a few
+        multi-row statements (storage/rows.py). Returns how many ops, and whether a
+        Rank op asks for the ranks now.
 
-        Stores and deletes run one by one: each reads the blob reference the previous
-        op on the same id may have just changed.
+        Deletes run one by one and end a run: the stores after one must see it.
         """
         blobs = self._blobs
         run_kind: type | None = None
-        run: list[tuple[Any, ...]] = []
+        run: list[Any] = []  # Learn rows, or (row, heal) of Puts
         remembered: list[tuple[str, str, int, float]] = []
         unranked = self._unranked
         rank_now = False
@@ -410,9 +386,10 @@ class GroupCommitter:
                     # Learned rows are absolute images: within one run only the last per
                     # pattern matters (a hot pattern's 50 outcomes cost one UPDATE).
                     rows = list({row[-1]: row for row in run}.values())
-                    _execute_rows(conn, q.UPDATE_LEARNED_FROM, rows)
+                    execute_rows(conn, q.UPDATE_LEARNED_FROM, rows)
                 else:
-                    conn.executemany(_SQL[run_kind], run)  # type: ignore[index]
+                    # Whole rows, the last per pattern, blob references netted.
+                    execute_rows(conn, q.UPSERT_PATTERNS, blobs.put_rows(conn, run))
                 run.clear()
 
         for group in batch:
@@ -430,7 +407,7 @@ class GroupCommitter:
                     if op.request_id:
                         remembered.append((op.request_id, op.id, op.sequence, op.row[0]))
                 elif isinstance(op, Put):
-                    conn.execute(q.UPSERT_PATTERN, blobs.put_row(conn, op.row, op.heal))
+                    run.append((op.row, op.heal))
                 elif isinstance(op, Rank):
                     rank_now = True
                 else:
@@ -438,7 +415,7 @@ class GroupCommitter:
                     conn.execute(q.DELETE_PATTERN, (op.id,))
         flush_run()
         if remembered:
-            _execute_rows(conn, q.INSERT_OUTCOME_REQUESTS, remembered)
+            execute_rows(conn, q.INSERT_OUTCOME_REQUESTS, remembered)
         return n, rank_now
 
     def _train_if_due(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apsw
@@ -26,6 +26,7 @@ import numpy as np
 from ..codecs import content_key, embedding, payload, trajectory
 from ..codecs.payload import PayloadDictionary, PayloadEncoder, RatioTracker
 from . import queries as q
+from .rows import execute_in, execute_rows
 
 __all__ = ["FIELDS", "PayloadStore", "decode_embedding", "decode_trajectory", "sql_functions"]
 
@@ -33,12 +34,18 @@ log = logging.getLogger(__name__)
 
 FIELDS = ("data", "embedding", "trajectory")
 
-_INCREF = "UPDATE blobs SET refs = refs + 1 WHERE key = ?"
-_INSERT_BLOB = "INSERT INTO blobs (key, data, refs) VALUES (?, ?, 1)"
 _REWRITE_BLOB = "UPDATE blobs SET data = ? WHERE key = ?"
 _DECREF = "UPDATE blobs SET refs = refs - 1 WHERE key = ?"
 _DROP_LAST_REFERENCE = "DELETE FROM blobs WHERE key = ? AND refs = 1"
 _OLD_KEY = "SELECT data_key FROM patterns WHERE id = ?"
+# The batched forms (storage/rows.py fills each {}).
+_OLD_KEYS_IN = "SELECT id, data_key FROM patterns WHERE id IN ({})"
+_REFS_IN = "SELECT key, refs FROM blobs WHERE key IN ({})"
+_ADD_REFS_FROM = (
+    "UPDATE blobs SET refs = refs + v.column1 FROM (VALUES {}) AS v WHERE blobs.key = v.column2"
+)
+_DELETE_BLOBS_IN = "DELETE FROM blobs WHERE key IN ({})"
+_INSERT_BLOBS = "INSERT INTO blobs (key, data, refs) VALUES {}"
 _LOAD_DICTIONARIES = "SELECT id, data, saved FROM dictionaries ORDER BY id"
 _SAVE_DICTIONARY = "INSERT INTO dictionaries (data, samples, saved, created_ns) VALUES (?, ?, ?, ?)"
 _COUNT_BLOBS = "SELECT count(*) FROM blobs"
@@ -138,23 +145,52 @@ class PayloadStore:
     def put_row(
         self, conn: apsw.Connection, row: tuple[Any, ...], heal: bool = False
     ) -> tuple[Any, ...]:
-        """The row to upsert: the raw payload (in the data_key slot, as model.pattern_row
-        leaves it) swapped for its blob key, embedding and trajectory encoded.
+        """``put_rows`` of one row."""
+        return self.put_rows(conn, [(row, heal)])[0]
 
-        ``heal``: the pattern's stored payload did not decode. Stored again with the same
-        content, its blob keeps its key (and its references) but gets these bytes, so
-        every pattern sharing it reads again.
+    def put_rows(
+        self, conn: apsw.Connection, puts: Sequence[tuple[tuple[Any, ...], bool]]
+    ) -> list[tuple[Any, ...]]:
+        """The rows to upsert for a run of stores, in order, the last one per id: each
+        raw payload (in the data_key slot, as model.pattern_row leaves it) swapped for
+        its blob key, embedding and trajectory encoded; the blobs' references moved.
+
+        Each ``(row, heal)``: ``heal`` says the pattern's stored payload did not decode.
+        Stored again with the same content, its blob keeps its key (and its references)
+        but gets these bytes, so every pattern sharing it reads again.
+
+        A handful of statements for the whole run, not several per store (see
+        storage/rows.py): the references are netted in Python first. They come out as
+        one store after another would leave them: each id ends on its last payload,
+        each blob counts the patterns on it, and a blob no pattern is left on goes.
         """
-        data = row[_DATA_AT]
-        key = content_key(data)
-        old = conn.execute(_OLD_KEY, (row[_ID_AT],)).fetchone()
-        old_key = old[0] if old else None
-        if old_key != key:
-            self._reference(conn, key, data)
-            if old_key is not None:
-                self.release(conn, old_key)
-        elif heal:
+        ids = list(dict.fromkeys(row[_ID_AT] for row, _ in puts))
+        current: dict[str, bytes | None] = dict.fromkeys(ids)
+        current.update(execute_in(conn, _OLD_KEYS_IN, ids))
+        deltas: dict[bytes, int] = {}
+        payloads: dict[bytes, bytes] = {}
+        healed: dict[bytes, bytes] = {}
+        last: dict[str, tuple[Any, ...]] = {}
+        for row, heal in puts:
+            pid = row[_ID_AT]
+            data = row[_DATA_AT]
+            key = content_key(data)
+            old_key = current[pid]
+            if old_key != key:
+                deltas[key] = deltas.get(key, 0) + 1
+                payloads[key] = data
+                if old_key is not None:
+                    deltas[old_key] = deltas.get(old_key, 0) - 1
+                current[pid] = key
+            elif heal:
+                healed[key] = data
+            last[pid] = self._encoded(row, key)
+        self._move_references(conn, {k: d for k, d in deltas.items() if d}, payloads)
+        for key, data in healed.items():
             conn.execute(_REWRITE_BLOB, (self._encoder.encode(data), key))
+        return list(last.values())
+
+    def _encoded(self, row: tuple[Any, ...], key: bytes) -> tuple[Any, ...]:
         out = list(row)
         out[_DATA_AT] = key
         raw_embedding = row[_EMBEDDING_AT]
@@ -171,6 +207,36 @@ class PayloadStore:
             self._count("trajectory", len(raw_trajectory), len(out[_TRAJECTORY_AT]))
         return tuple(out)
 
+    def _move_references(
+        self, conn: apsw.Connection, deltas: dict[bytes, int], payloads: dict[bytes, bytes]
+    ) -> None:
+        """Add ``deltas`` to the blobs' reference counts: a blob not there yet is stored
+        (only a gain can name one), a blob whose count reaches 0 goes."""
+        if not deltas:
+            return
+        refs = dict(execute_in(conn, _REFS_IN, list(deltas)))
+        # Dropped before the count could reach 0: the table's CHECK (refs > 0) holds
+        # after every statement.
+        gone = [key for key, d in deltas.items() if key in refs and refs[key] + d <= 0]
+        if gone:
+            execute_in(conn, _DELETE_BLOBS_IN, gone)
+            self._blob_count -= len(gone)
+        moved = [(d, key) for key, d in deltas.items() if key in refs and refs[key] + d > 0]
+        if moved:
+            execute_rows(conn, _ADD_REFS_FROM, moved)
+        new = []
+        for key, d in deltas.items():
+            if key in refs:
+                continue
+            data = payloads[key]
+            blob = self._encoder.encode(data)
+            new.append((key, blob, d))
+            self._txn_sizes.append((len(data), len(blob)))
+            self._count("data", len(data), len(blob))
+        if new:
+            execute_rows(conn, _INSERT_BLOBS, new)
+            self._blob_count += len(new)
+
     def delete_row(self, conn: apsw.Connection, pattern_id: str) -> None:
         """Drop the payload reference of a pattern about to be deleted."""
         old = conn.execute(_OLD_KEY, (pattern_id,)).fetchone()
@@ -184,15 +250,6 @@ class PayloadStore:
             self._blob_count -= 1
         else:
             conn.execute(_DECREF, (key,))
-
-    def _reference(self, conn: apsw.Connection, key: bytes, data: bytes) -> None:
-        conn.execute(_INCREF, (key,))
-        if conn.changes() == 0:
-            blob = self._encoder.encode(data)
-            conn.execute(_INSERT_BLOB, (key, blob))
-            self._blob_count += 1
-            self._txn_sizes.append((len(data), len(blob)))
-            self._count("data", len(data), len(blob))
 
     def _count(self, field: str, raw: int, stored: int) -> None:
         self._txn_in[field] += raw

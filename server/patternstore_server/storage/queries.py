@@ -24,6 +24,7 @@ __all__ = [
     "UPDATE_LEARNED",
     "UPDATE_LEARNED_FROM",
     "UPSERT_PATTERN",
+    "UPSERT_PATTERNS",
     "query_sql",
 ]
 
@@ -93,9 +94,23 @@ UPSERT_PATTERN = (
     + ", ".join(f"{c} = excluded.{c}" for c in _STORED if c != "id")
 )
 
+# Many stores in one statement (storage/rows.py): the rows as a VALUES list, in
+# PATTERN_FIELDS order, the ranks taken from their learned columns like UPSERT_PATTERN.
+# ``WHERE true``: without it SQLite would read ON CONFLICT as part of the SELECT's join.
+# At most one row per id in a statement: the writer keeps the last store of each.
+_COLUMN = {c: f"column{i}" for i, c in enumerate(PATTERN_FIELDS, start=1)}
+_SELECTED = [*(_COLUMN[c] for c in PATTERN_FIELDS), *(_COLUMN[c] for c in RANKS.values())]
+UPSERT_PATTERNS = (
+    f"INSERT INTO patterns ({', '.join(_STORED)}) "
+    f"SELECT {', '.join(_SELECTED)} "
+    "FROM (VALUES {}) WHERE true "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STORED if c != "id")
+)
+
 _COPY_RANKS = ", ".join(f"{r} = {c}" for r, c in RANKS.items())
 # Parameter: the id.
-# The ids as one JSON array: one statement, one step (see flusher._execute_rows).
+# The ids as one JSON array: one statement, one step (see storage/rows.py).
 RERANK = f"UPDATE patterns SET {_COPY_RANKS} WHERE id IN (SELECT value FROM json_each(?))"
 # At start: ranks an earlier run committed outcomes for but had not copied yet.
 RERANK_STALE = f"UPDATE patterns SET {_COPY_RANKS} WHERE " + " OR ".join(
