@@ -7,10 +7,12 @@ fault is gone (or after a restart, for a failed commit), and nothing acknowledge
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ import grpc
 import pytest
 from patternstore import (
     DURABILITY_QUEUED,
+    AsyncPatternStoreClient,
     Pattern,
     PatternStoreClient,
     RetryPolicy,
@@ -168,6 +171,74 @@ def test_the_client_retries_only_what_is_safe_to_repeat(
                 with pytest.raises(grpc.RpcError):
                     quick.update_confidence("a", "success", request_id="r2")
                 assert time.monotonic() - started < 3.0
+
+
+def test_a_safe_call_rides_out_a_restart_within_its_timeout(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """Retries go on until the call's timeout, not for a fixed few attempts (five tries
+    gave up within 0.75 s, so a read failed across any restart), and a retry waits for
+    the connection instead of failing inside the channel's reconnect backoff."""
+    srv = start_server(clock)
+    port = srv.port
+    with PatternStoreClient(srv.target, timeout=20) as c:
+        c.store_pattern(Pattern(id="a", type="t"))
+        srv.stop()
+        restarted: list[RunningServer] = []
+        timer = threading.Timer(
+            1.5, lambda: restarted.append(start_server(clock, listen=f"127.0.0.1:{port}"))
+        )
+        timer.start()
+        started = time.monotonic()
+        try:
+            assert c.get_pattern("a").id == "a"
+        finally:
+            timer.join()
+        assert time.monotonic() - started >= 1.4  # it did wait out the restart
+
+        async def aio_read() -> str:
+            async with AsyncPatternStoreClient(srv.target, timeout=20) as ac:
+                restarted[0].stop()
+                again = threading.Timer(
+                    1.5, lambda: restarted.append(start_server(clock, listen=f"127.0.0.1:{port}"))
+                )
+                again.start()
+                try:
+                    return (await ac.get_pattern("a")).id
+                finally:
+                    again.join()
+
+        assert asyncio.run(aio_read()) == "a"
+
+
+def test_a_full_queue_is_retried_after_its_hint_when_safe(
+    start_server: Any, clock: FakeClock
+) -> None:
+    """RESOURCE_EXHAUSTED with retry-after-ms (a full write queue) is retried for calls
+    safe to repeat, after the hint; a policy's own ``retryable`` is the one asked."""
+    srv = start_server(clock, max_queue=2, queued_delay_ms=60_000.0)
+    with PatternStoreClient(srv.target, timeout=10) as c:
+        c.store_patterns([Pattern(id="a", type="t")])
+        for pid in ("b", "c"):
+            c.store_pattern(Pattern(id=pid, type="t"), durability=DURABILITY_QUEUED)
+        r = c.update_confidence("a", "success", request_id="run-1")
+        assert not r.duplicate
+        assert c.get_pattern("a").usage_count == 1
+
+    class Counting(RetryPolicy):
+        asked = 0
+
+        def retryable(self, exc: grpc.RpcError) -> bool:
+            Counting.asked += 1
+            return False
+
+    with PatternStoreClient(srv.target, timeout=10, retry=Counting()) as c:
+        for pid in ("d", "e"):
+            c.store_pattern(Pattern(id=pid, type="t"), durability=DURABILITY_QUEUED)
+        with pytest.raises(grpc.RpcError) as exc:
+            c.update_confidence("a", "success", request_id="run-2")
+        assert _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert Counting.asked == 1
 
 
 def test_a_fault_that_turns_permanent_stops_writes_rather_than_pausing_them(

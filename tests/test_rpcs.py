@@ -6,7 +6,9 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import apsw
 import grpc
@@ -17,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from patternstore import (
     CONSISTENCY_STRONG,
     DURABILITY_QUEUED,
+    AsyncPatternStoreClient,
     Pattern,
     PatternStoreClient,
     RetryPolicy,
@@ -246,6 +249,40 @@ def test_a_cancelled_outcome_stream_is_counted_cancelled(
     asyncio.run(cancel_midway())
     assert _handled(server, "RecordOutcomes", "OK") == 0
     assert client.get_pattern("a").usage_count == 3
+
+
+def test_an_error_in_the_callers_outcome_iterator_is_raised_as_itself(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    """grpc turns it into UNKNOWN "Exception iterating requests!" and grpc.aio into a
+    CancelledError (which a TaskGroup swallows as a cancel): the clients raise the
+    caller's own exception. What was sent before it stays applied."""
+    client.store_patterns([_pattern("a"), _pattern("b")])
+
+    def outcomes(pid: str) -> Iterator[Any]:
+        yield update_request(pid, "success")
+        raise LookupError(f"worker lost {pid}")
+
+    with pytest.raises(LookupError, match="worker lost a"):
+        client.record_outcomes(outcomes("a"))
+
+    async def in_a_task_group() -> None:
+        async def streamed() -> AsyncIterator[Any]:
+            for item in outcomes("b"):
+                yield item
+
+        async with AsyncPatternStoreClient(server.target) as ac, asyncio.TaskGroup() as group:
+            group.create_task(ac.record_outcomes(streamed()))
+
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(in_a_task_group())
+    assert caught.group_contains(LookupError, match="worker lost b")
+    client.flush()
+    deadline = time.monotonic() + 5
+    while client.get_pattern("b").usage_count < 1:  # the cancel lands after the reply
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert client.get_pattern("a").usage_count == 1
 
 
 def test_record_outcomes_refuses_bad_message_with_its_index(client: PatternStoreClient) -> None:

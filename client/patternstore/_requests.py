@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,22 +79,107 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, on UNAVAILABLE only, for calls safe to repeat."""
+    """Exponential backoff with full jitter, for calls safe to repeat.
 
-    attempts: int = 5
+    Retried: UNAVAILABLE (a restart, the server still loading), and RESOURCE_EXHAUSTED
+    that carries the server's ``retry-after-ms`` hint (its write queue is full; a call
+    too large, or over the concurrency limit, carries none and is not retried). A hint
+    longer than the backoff is waited out. ``attempts``: at most that many tries; None
+    (the default) tries until the call's timeout, so a client rides out a restart as
+    long as its caller is willing to wait.
+    """
+
+    attempts: int | None = None
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     multiplier: float = 2.0
 
-    def delays(self) -> Iterable[float]:
+    def delays(self) -> Iterator[float]:
         backoff = self.initial_backoff
-        for _ in range(self.attempts - 1):
+        tries = itertools.count() if self.attempts is None else range(self.attempts - 1)
+        for _ in tries:
             yield random.uniform(0, backoff)
             backoff = min(self.max_backoff, backoff * self.multiplier)
 
-    @staticmethod
-    def retryable(exc: grpc.RpcError) -> bool:
-        return exc.code() == grpc.StatusCode.UNAVAILABLE
+    def retryable(self, exc: grpc.RpcError) -> bool:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return True
+        return code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after(exc) is not None
+
+
+def retry_after(exc: grpc.RpcError) -> float | None:
+    """The server's ``retry-after-ms`` hint of a refused call, in seconds."""
+    trailers: Any = exc.trailing_metadata() or ()
+    value = dict(trailers).get("retry-after-ms")
+    try:
+        return None if value is None else max(0.0, int(value) / 1000)
+    except ValueError:
+        return None
+
+
+class Retrier:
+    """One call's retries: how long to wait before each next try, within its deadline.
+    Shared by the sync and async clients, which differ only in how they sleep."""
+
+    def __init__(self, policy: RetryPolicy, safe: bool, timeout: float) -> None:
+        self._policy = policy
+        self._delays = policy.delays() if safe else iter(())
+        # ``timeout`` bounds the call, retries included: each try gets what is left.
+        self.deadline = time.monotonic() + timeout
+        self.tries = 0
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def next_delay(self, exc: grpc.RpcError) -> float | None:
+        """The wait before trying again after ``exc``; None: give up, raise it."""
+        self.tries += 1
+        if not self._policy.retryable(exc):
+            return None
+        delay = next(self._delays, None)
+        if delay is None:
+            return None
+        hint = retry_after(exc)
+        if hint is not None:
+            delay = max(delay, hint)
+        if time.monotonic() + delay >= self.deadline:
+            return None
+        return delay
+
+
+class RequestStream:
+    """The caller's outcomes for RecordOutcomes, remembering the exception their iterator
+    raised: grpc replaces it with UNKNOWN "Exception iterating requests!", grpc.aio with
+    a CancelledError (which a TaskGroup takes for a cancel and swallows). The clients
+    raise the caller's exception instead, from the RPC error."""
+
+    def __init__(
+        self,
+        updates: AsyncIterable[pb.UpdateConfidenceRequest] | Iterable[pb.UpdateConfidenceRequest],
+    ) -> None:
+        self._updates = updates
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[pb.UpdateConfidenceRequest]:
+        assert isinstance(self._updates, Iterable)
+        try:
+            yield from self._updates
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[pb.UpdateConfidenceRequest]:
+        try:
+            if isinstance(self._updates, AsyncIterable):
+                async for update in self._updates:
+                    yield update
+            else:
+                for update in self._updates:
+                    yield update
+        except Exception as exc:
+            self.error = exc
+            raise
 
 
 def outcome(value: pb.Outcome | str) -> pb.Outcome:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import AsyncIterable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -75,20 +74,17 @@ class AsyncPatternStoreClient:
 
     async def _call(self, method: str, request: Message, response: type[_R], safe: bool) -> _R:
         call = self._unary[method]
-        delays = iter(self.retry.delays()) if safe else iter(())
-        # ``timeout`` bounds the call, retries included: each attempt gets what is left.
-        deadline = time.monotonic() + self.timeout
+        retrier = r.Retrier(self.retry, safe, self.timeout)
         while True:
             try:
-                left = max(0.0, deadline - time.monotonic())
-                reply: Any = await call(request, timeout=left, metadata=self._metadata)
+                # Not wait_for_ready: a connection that cannot succeed (TLS to a plain
+                # port) would end in DEADLINE_EXCEEDED, hiding the reason.
+                reply: Any = await call(request, timeout=retrier.left(), metadata=self._metadata)
                 assert isinstance(reply, response)
                 return reply
             except grpc.RpcError as exc:
-                delay = next(delays, None)
-                if delay is None or not r.RetryPolicy.retryable(exc):
-                    raise
-                if time.monotonic() + delay >= deadline:
+                delay = retrier.next_delay(exc)
+                if delay is None:
                     raise
                 await asyncio.sleep(delay)
 
@@ -238,10 +234,21 @@ class AsyncPatternStoreClient:
         *,
         timeout: float | None = None,
     ) -> pb.RecordOutcomesResponse:
-        """Stream outcomes; everything accepted is durable when this returns. Not retried."""
-        stream = aiter(updates) if isinstance(updates, AsyncIterable) else iter(updates)
-        reply: Any = await self._record(
-            stream, timeout=timeout or self.timeout, metadata=self._metadata
-        )
+        """Stream outcomes; everything accepted is durable when this returns. Not retried.
+
+        An exception from ``updates`` is raised as itself, not as the CancelledError
+        grpc.aio turns it into; the outcomes sent before it stay applied.
+        """
+        stream = r.RequestStream(updates)
+        try:
+            reply: Any = await self._record(
+                aiter(stream), timeout=timeout or self.timeout, metadata=self._metadata
+            )
+        except (grpc.RpcError, asyncio.CancelledError) as exc:
+            task = asyncio.current_task()
+            cancelled = task is not None and task.cancelling() > 0
+            if stream.error is None or cancelled:
+                raise  # a real cancel of the caller's task stays a cancel
+            raise stream.error from exc
         assert isinstance(reply, pb.RecordOutcomesResponse)
         return reply

@@ -86,20 +86,17 @@ class PatternStoreClient:
 
     def _call(self, method: str, request: Message, response: type[_R], safe: bool) -> _R:
         call = self._unary[method]
-        delays = iter(self.retry.delays()) if safe else iter(())
-        # ``timeout`` bounds the call, retries included: each attempt gets what is left.
-        deadline = time.monotonic() + self.timeout
+        retrier = r.Retrier(self.retry, safe, self.timeout)
         while True:
             try:
-                left = max(0.0, deadline - time.monotonic())
-                reply: Any = call(request, timeout=left, metadata=self._metadata)
+                # Not wait_for_ready: a connection that cannot succeed (TLS to a plain
+                # port) would end in DEADLINE_EXCEEDED, hiding the reason.
+                reply: Any = call(request, timeout=retrier.left(), metadata=self._metadata)
                 assert isinstance(reply, response)
                 return reply
             except grpc.RpcError as exc:
-                delay = next(delays, None)
-                if delay is None or not r.RetryPolicy.retryable(exc):
-                    raise
-                if time.monotonic() + delay >= deadline:
+                delay = retrier.next_delay(exc)
+                if delay is None:
                     raise
                 time.sleep(delay)
 
@@ -309,9 +306,19 @@ class PatternStoreClient:
     def record_outcomes(
         self, updates: Iterable[pb.UpdateConfidenceRequest], *, timeout: float | None = None
     ) -> pb.RecordOutcomesResponse:
-        """Stream outcomes; everything accepted is durable when this returns. Not retried."""
-        reply: Any = self._record(
-            iter(updates), timeout=timeout or self.timeout, metadata=self._metadata
-        )
+        """Stream outcomes; everything accepted is durable when this returns. Not retried.
+
+        An exception from ``updates`` is raised as itself (from the call's RpcError); the
+        outcomes sent before it stay applied, as after any interrupted stream.
+        """
+        stream = r.RequestStream(updates)
+        try:
+            reply: Any = self._record(
+                iter(stream), timeout=timeout or self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            if stream.error is not None:
+                raise stream.error from exc
+            raise
         assert isinstance(reply, pb.RecordOutcomesResponse)
         return reply

@@ -369,6 +369,9 @@ class Engine:
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance or later")
         if self._pending_ops + n_ops > self._max_queue:
+            # A full queue must drain now, not after queued_delay_ms: callers are being
+            # refused meanwhile, and the hint below assumes commits at max_delay_ms.
+            self._committer.hurry()
             # The queue drains about max_batch writes per commit: hint at that much time.
             commits = self._pending_ops / max(1, self._settings.max_batch) + 1
             per_commit = max(self._committer.last_commit_seconds, self._settings.max_delay_ms / 1e3)
