@@ -10,6 +10,7 @@ from pathlib import Path
 
 import apsw
 import grpc
+import pytest
 from patternstore import (
     DURABILITY_QUEUED,
     Pattern,
@@ -193,6 +194,21 @@ def test_a_committed_call_that_writes_nothing_still_makes_earlier_writes_durable
         again = c.update_confidence("known", "success", request_id="once")
         assert again.duplicate
         assert server.call(lambda: engine.durable_sequence) >= queued.sequence
+        # A COMMITTED call refused for its content is a reply too (helper-23: each of
+        # these answered at once, and a kill -9 then lost the QUEUED write before it).
+        refusals: list[Callable[[], object]] = [
+            lambda: c.update_confidence("unknown", "success"),
+            lambda: c.delete_pattern("unknown"),
+            lambda: c.store_pattern(Pattern(id="known", type="t"), create_only=True),
+            lambda: c.store_pattern(Pattern(id="known", type="t"), expected_version=99),
+            lambda: c.store_patterns([Pattern(id="x", type="t"), Pattern(id="", type="BAD")]),
+            lambda: c.update_confidence("known", "success", weight=float("nan")),
+        ]
+        for refused in refusals:
+            queued = c.update_confidence("known", "failure", durability=DURABILITY_QUEUED)
+            with pytest.raises(grpc.RpcError):
+                refused()
+            assert server.call(lambda: engine.durable_sequence) >= queued.sequence, refused
 
 
 def test_queued_writes_wait_for_queued_delay_unless_someone_waits(

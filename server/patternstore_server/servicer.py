@@ -28,12 +28,14 @@ from . import validate
 from .codecs import CodecError
 from .engine import Engine, OutcomeResult
 from .errors import (
+    AlreadyExists,
     DataLoss,
     InvalidArgument,
     NotFound,
     Overloaded,
     PatternStoreError,
     Starting,
+    VersionConflict,
 )
 from .metrics import SERVICE, MethodMetrics, Metrics
 from .query import QuerySpec, parse_query, run_query, thompson_page_token
@@ -41,6 +43,9 @@ from .storage import ConnectionPool
 from .storage.backup import copy_database
 
 __all__ = ["PatternStoreServicer"]
+
+# Refusals of the request itself, not of the server's state (see _settle).
+_REFUSALS = (InvalidArgument, NotFound, AlreadyExists, VersionConflict, DataLoss)
 
 log = logging.getLogger(__name__)
 
@@ -561,10 +566,24 @@ class PatternStoreServicer:
 
     # -- writes --------------------------------------------------------------------------
 
+    async def _settle(self, durable: bool) -> None:
+        """Before a COMMITTED write call answers with a refusal (NOT_FOUND, ABORTED, ...):
+        wait for the writes accepted before it, as its success would have. A client
+        counts any COMMITTED reply as making its earlier QUEUED writes durable (README),
+        and answered at once they could still be lost to a kill -9. Not while writes are
+        paused or failed: that wait would last as long as the fault."""
+        engine = self._engine
+        if durable and engine.healthy and not engine.writes_paused:
+            await engine.wait_durable()
+
     async def store_pattern(self, raw: bytes) -> bytes:
         req = _parse(pb.StorePatternRequest, raw)
         durable = _durable(req.durability)
-        (r,) = await self._engine.store([req], durable, batch=False)
+        try:
+            (r,) = await self._engine.store([req], durable, batch=False)
+        except _REFUSALS:
+            await self._settle(durable)
+            raise
         return pb.StorePatternResponse(
             id=r.id, version=r.version, sequence=r.sequence, created=r.created
         ).SerializeToString()
@@ -573,7 +592,11 @@ class PatternStoreServicer:
         req = _parse(pb.StorePatternsRequest, raw)
         validate.check_count(len(req.requests), validate.MAX_STORE_ITEMS, "requests")
         durable = _durable(req.durability)
-        results = await self._engine.store(list(req.requests), durable, batch=True)
+        try:
+            results = await self._engine.store(list(req.requests), durable, batch=True)
+        except _REFUSALS:
+            await self._settle(durable)
+            raise
         resp = pb.StorePatternsResponse()
         for r in results:
             resp.results.add(id=r.id, version=r.version, sequence=r.sequence, created=r.created)
@@ -581,20 +604,35 @@ class PatternStoreServicer:
 
     async def delete_pattern(self, raw: bytes) -> bytes:
         req = _parse(pb.DeletePatternRequest, raw)
-        seq = await self._engine.delete(req.id, req.expected_version, _durable(req.durability))
+        durable = _durable(req.durability)
+        try:
+            seq = await self._engine.delete(req.id, req.expected_version, durable)
+        except _REFUSALS:
+            await self._settle(durable)
+            raise
         return pb.DeletePatternResponse(sequence=seq).SerializeToString()
 
     async def update_confidence(self, raw: bytes) -> bytes:
         req = _parse(pb.UpdateConfidenceRequest, raw)
-        r = await self._engine.update(req, _durable(req.durability))
+        durable = _durable(req.durability)
+        try:
+            r = await self._engine.update(req, durable)
+        except _REFUSALS:
+            await self._settle(durable)
+            raise
         return pb.UpdateConfidenceResponse(
             confidence=r.confidence, sequence=r.sequence, duplicate=r.duplicate
         ).SerializeToString()
 
     async def update_confidence_batch(self, raw: bytes) -> bytes:
         req = _parse(pb.UpdateConfidenceBatchRequest, raw)
-        validate.check_count(len(req.updates), validate.MAX_UPDATE_ITEMS, "updates")
-        results = await self._engine.update_batch(list(req.updates), _durable(req.durability))
+        durable = _durable(req.durability)
+        try:
+            validate.check_count(len(req.updates), validate.MAX_UPDATE_ITEMS, "updates")
+            results = await self._engine.update_batch(list(req.updates), durable)
+        except _REFUSALS:
+            await self._settle(durable)
+            raise
         resp = pb.UpdateConfidenceBatchResponse()
         for r in results:
             if isinstance(r, OutcomeResult):
