@@ -128,6 +128,13 @@ BAD_UPDATES: list[tuple[str, pb.UpdateConfidenceRequest, str]] = [
         "observed_at",
     ),
     ("empty id", update_request("", "success"), "id"),
+    # Each request id is held in memory and SQLite for dedup_window outcomes.
+    ("request id too long", update_request("ok", "success", request_id="r" * 129), "request_id"),
+    (
+        "request id too long in UTF-8",
+        update_request("ok", "success", request_id="é" * 65),
+        "request_id",
+    ),
 ]
 
 
@@ -153,7 +160,8 @@ def test_update_at_the_edges_is_accepted(client: PatternStoreClient) -> None:
     client.store_pattern(OK)
     client.update_confidence("ok", "success", weight=1e6)
     client.update_confidence("ok", "failure", observed_at=Timestamp(seconds=NOW_S + 300))
-    assert client.get_pattern("ok").usage_count == 2
+    client.update_confidence("ok", "success", request_id="r" * 128)
+    assert client.get_pattern("ok").usage_count == 3
 
 
 TOO_MANY: list[tuple[str, str, Callable[[], Any]]] = [

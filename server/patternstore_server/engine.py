@@ -535,6 +535,8 @@ class Engine:
     ) -> tuple[float, float, int]:
         """(score, weight, time in ns) of a valid outcome, else InvalidArgument."""
         validate.check_id(u.id, f"{field}id")
+        if u.request_id:
+            validate.check_request_id(u.request_id, f"{field}request_id")
         score = _SCORES.get(u.outcome)
         if score is None:
             raise InvalidArgument(

@@ -18,11 +18,14 @@ __all__ = [
     "check_count",
     "check_id",
     "check_pattern",
+    "check_request_id",
     "check_type",
     "check_weight",
 ]
 
 MAX_ID_BYTES = 256
+# Each is kept in memory and in SQLite for dedup_window outcomes: a UUID is 36.
+MAX_REQUEST_ID_BYTES = 128
 MAX_TYPE_CHARS = 64
 MAX_DATA_BYTES = 1024 * 1024
 MAX_EMBEDDING = 4096
@@ -47,6 +50,14 @@ def check_id(value: str, field: str = "id") -> None:
         raise InvalidArgument(field, f"must be at most {MAX_ID_BYTES} bytes of UTF-8")
     if _CONTROL.search(value):
         raise InvalidArgument(field, "must not contain control characters")
+
+
+def check_request_id(value: str, field: str = "request_id") -> None:
+    """An outcome's optional retry key (empty: none)."""
+    if len(value) > MAX_REQUEST_ID_BYTES or len(value.encode()) > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument(
+            field, f"must be at most {MAX_REQUEST_ID_BYTES} bytes of UTF-8 (a UUID is 36)"
+        )
 
 
 def check_type(value: str, field: str = "type") -> None:
