@@ -384,6 +384,38 @@ def test_a_row_that_does_not_decode_is_data_loss_for_that_pattern_only(
         assert c.get_pattern("good").data == b'{"stays": "fine"}'  # still serving
 
 
+def test_rot_in_the_text_columns_is_data_loss_for_that_pattern_only(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Metadata that is no longer JSON, a name that is no longer UTF-8 (helper-23: the
+    server did not start, since warming read them; with warming off, reads, stores and
+    deletes of the pattern got INTERNAL)."""
+    srv = start_server()
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="meta", type="t", metadata={"k": "v"}))
+        c.store_pattern(Pattern(id="name", type="t", name="AB"))
+        c.store_pattern(Pattern(id="good", type="t", name="fine"))
+        c.update_confidence("meta", "success")
+    srv.stop()
+    with apsw.Connection(str(tmp_path / "data" / "patterns.db")) as conn:
+        conn.execute("""UPDATE patterns SET metadata = '{"k": "v' WHERE id = 'meta'""")
+        conn.execute("UPDATE patterns SET name = CAST(x'41ff42' AS TEXT) WHERE id = 'name'")
+    srv = start_server()  # warms the caches: skips the two, starts
+    with PatternStoreClient(srv.target, retry=ONCE) as c:
+        for pid, field in (("meta", "metadata"), ("name", "name")):
+            with pytest.raises(grpc.RpcError) as err:
+                c.get_pattern(pid)
+            assert _code(err) == grpc.StatusCode.DATA_LOSS
+            assert field in (err.value.details() or "")
+        assert c.get_pattern("good").name == "fine"
+        stored = c.store_pattern(Pattern(id="meta", type="t", metadata={"k": "w"}))
+        assert stored.version == 3  # the store and the outcome before it
+        assert c.get_pattern("meta").metadata == {"k": "w"}
+        assert c.get_pattern("meta").success_count == 1  # what was learned stays
+        c.delete_pattern("name")
+        assert c.get_patterns(["name"]).missing_ids == ["name"]
+
+
 def _rot_payload(db: Path, pid: str) -> None:
     """Bit rot in the stored payload blob of ``pid`` (an unknown format byte)."""
     with apsw.Connection(str(db)) as conn:

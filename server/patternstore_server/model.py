@@ -10,7 +10,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from patternstore.v1 import patternstore_pb2 as pb
 
-from .codecs import payload
+from .codecs import CodecError, payload
 from .confidence import Evidence, ModelParams, lower_bound, step
 from .storage.blobs import decode_embedding, decode_trajectory
 
@@ -36,6 +36,8 @@ def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.
     Raises CodecError when the payload, embedding or trajectory does not decode.
     """
     p = row_skeleton(row)
+    p.name = _text(row[2], "name")
+    p.description = _text(row[3], "description")
     data, embedding, dims, trajectory, metadata = row[4:9]
     p.data = payload.decode(data, dictionaries)
     if embedding:
@@ -43,9 +45,19 @@ def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.
     if dims:
         p.trajectory.dims = dims
         p.trajectory.values.extend(decode_trajectory(trajectory))
-    if metadata != "{}":
-        p.metadata.update(json.loads(metadata))
+    if metadata != b"{}":
+        try:
+            p.metadata.update(json.loads(_text(metadata, "metadata")))
+        except (ValueError, TypeError, AttributeError) as exc:  # JSON, or not str -> str
+            raise CodecError(f"metadata does not decode: {exc}") from None
     return p
+
+
+def _text(raw: bytes, field: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"{field} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def row_skeleton(row: Sequence[Any]) -> pb.Pattern:
@@ -77,8 +89,9 @@ def row_skeleton(row: Sequence[Any]) -> pb.Pattern:
     p = pb.Pattern(
         id=pid,
         type=ptype,
-        name=name,
-        description=description,
+        # Lenient: a store replaces both, and row_to_pattern checks them strictly.
+        name=name.decode(errors="replace"),
+        description=description.decode(errors="replace"),
         confidence=confidence,
         alpha=alpha,
         beta=beta,

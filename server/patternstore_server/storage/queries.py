@@ -29,8 +29,12 @@ __all__ = [
 ]
 
 # Row order of every SELECT of a pattern; model.row_to_pattern reads them by position.
+# The caller's free text as bytes: apsw decodes TEXT strictly, so one rotten byte would
+# fail the whole statement (a GetPatterns of 100, the warm-up that start-up runs); the
+# model decodes each row's and makes a bad one DATA_LOSS for that pattern only.
 COLUMNS = (
-    "id, type, name, description, blobs.data, embedding, trajectory_dims, trajectory, metadata, "
+    "id, type, CAST(name AS BLOB), CAST(description AS BLOB), blobs.data, embedding, "
+    "trajectory_dims, trajectory, CAST(metadata AS BLOB), "
     "confidence, alpha, beta, usage_count, success_count, failure_count, "
     "created_ns, updated_ns, last_outcome_ns, version, expires_ns"
 )
