@@ -426,6 +426,24 @@ def _rot_payload(db: Path, pid: str) -> None:
         )
 
 
+def test_a_store_sharing_a_rotten_payload_repairs_it(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """helper-23: a new pattern whose content matched a rotten blob took a reference to
+    it, was acknowledged, and then read DATA_LOSS."""
+    content = b'{"will": "rot"}' * 10
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="bad", type="t", data=content))
+    srv.stop()
+    _rot_payload(tmp_path / "data" / "patterns.db", "bad")
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target, retry=ONCE) as c:
+        assert c.store_pattern(Pattern(id="fresh", type="t", data=content)).created
+        assert c.get_pattern("fresh").data == content
+        assert c.get_pattern("bad").data == content  # the same blob: both read again
+
+
 def test_a_batch_with_a_rotten_pattern_fails_that_item_only(
     start_server: Callable[..., RunningServer], tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import apsw
 import numpy as np
 
-from ..codecs import content_key, embedding, payload, trajectory
+from ..codecs import CodecError, content_key, embedding, payload, trajectory
 from ..codecs.payload import PayloadDictionary, PayloadEncoder, RatioTracker
 from . import queries as q
 from .rows import execute_in, execute_rows
@@ -41,6 +41,7 @@ _OLD_KEY = "SELECT data_key FROM patterns WHERE id = ?"
 # The batched forms (storage/rows.py fills each {}).
 _OLD_KEYS_IN = "SELECT id, data_key FROM patterns WHERE id IN ({})"
 _REFS_IN = "SELECT key, refs FROM blobs WHERE key IN ({})"
+_DATA_IN = "SELECT key, data FROM blobs WHERE key IN ({})"
 _ADD_REFS_FROM = (
     "UPDATE blobs SET refs = refs + v.column1 FROM (VALUES {}) AS v WHERE blobs.key = v.column2"
 )
@@ -215,6 +216,9 @@ class PayloadStore:
         if not deltas:
             return
         refs = dict(execute_in(conn, _REFS_IN, list(deltas)))
+        gained = [key for key, d in deltas.items() if d > 0 and key in refs]
+        if gained:
+            self._repair(conn, gained, payloads)
         # Dropped before the count could reach 0: the table's CHECK (refs > 0) holds
         # after every statement.
         gone = [key for key, d in deltas.items() if key in refs and refs[key] + d <= 0]
@@ -250,6 +254,21 @@ class PayloadStore:
             self._blob_count -= 1
         else:
             conn.execute(_DECREF, (key,))
+
+    def _repair(
+        self, conn: apsw.Connection, keys: list[bytes], payloads: dict[bytes, bytes]
+    ) -> None:
+        """Rewrite any of these stored blobs that no longer decode, from the payloads
+        being stored with them: a store that takes a reference to a rotten blob would be
+        acknowledged and then read DATA_LOSS. A decode per deduplicated store, on the
+        writer thread; a store that keeps its own payload reads nothing."""
+        dictionaries = dict(self.dictionaries)
+        for key, data in execute_in(conn, _DATA_IN, keys):
+            try:
+                payload.decode(data, dictionaries)
+            except CodecError:
+                log.warning("rewriting a stored payload that no longer decodes")
+                conn.execute(_REWRITE_BLOB, (self._encoder.encode(payloads[key]), key))
 
     def _count(self, field: str, raw: int, stored: int) -> None:
         self._txn_in[field] += raw
