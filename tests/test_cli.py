@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from patternstore import PatternStoreClient
+from patternstore import Pattern, PatternStoreClient
 
 from .conftest import RunningServer
 
@@ -63,7 +63,7 @@ def test_a_failed_import_says_what_was_stored(
     r = _cli(server, "import", stdin="\n".join(json.dumps(x) for x in records))
     assert r.returncode == 1
     assert json.loads(r.stdout) == {"imported": 500}
-    assert "records 501-600 were not stored (item 0 is record 501)" in r.stderr
+    assert "records 501-600 (item 0 is record 501) were not stored" in r.stderr
     assert "item 2:" in r.stderr and "INVALID_ARGUMENT" in r.stderr
     assert len(client.get_patterns([f"p{i}" for i in range(600)]).patterns) == 500
 
@@ -92,3 +92,53 @@ def test_export_then_import_round_trips(server: RunningServer, tmp_path: Path) -
     assert {k: (v["type"], v["data"]) for k, v in reexported.items()} == {
         k: (v["type"], v["data"]) for k, v in by_id.items()
     }
+
+
+def test_import_batches_by_size_and_reads_documents_too(
+    server: RunningServer, client: PatternStoreClient
+) -> None:
+    """500 patterns of 512 KiB would be a 250 MiB call, far over the server's 16 MiB
+    max_receive_bytes (helper-22: 300 of 64 KiB already failed): batches close at about
+    4 MiB. A pretty-printed document, not JSON lines, is read whole."""
+    big = base64.b64encode(b"x" * (512 * 1024)).decode()
+    records = [{"id": f"big{i}", "type": "t", "data": big} for i in range(35)]
+    r = _cli(server, "import", stdin="\n".join(json.dumps(x) for x in records))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"imported": 35}
+    assert len(client.get_pattern("big34").data) == 512 * 1024
+    doc = [{"id": "a", "type": "t", "data": {"k": 1}}, {"id": "b", "type": "t"}]
+    r = _cli(server, "put", stdin=json.dumps(doc, indent=2))
+    assert r.returncode == 0, r.stderr
+    assert client.get_pattern("a").data == b'{"k":1}'
+    r = _cli(server, "import", stdin='{"id": "c", "type": "t"}\n\nnot json\n')
+    assert (r.returncode, json.loads(r.stdout)) == (2, {"imported": 0})
+    assert "line 3:" in r.stderr
+
+
+def test_a_closed_pipe_ends_quietly(server: RunningServer, client: PatternStoreClient) -> None:
+    """``patternstore export | head -1`` (helper-22: it printed "[Errno 32] Broken pipe"
+    and exited 2)."""
+    for start in (0, 1000):
+        client.store_patterns(
+            [Pattern(id=f"p{i:04}", type="t", data=b"x" * 200) for i in range(start, start + 1000)]
+        )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patternstore.cli", "--target", server.target, "export"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["id"] == "p0000"
+    proc.stdout.close()
+    assert proc.wait(60) == 141
+    assert proc.stderr.read() == b""
+
+
+def test_query_by_thompson_sampling(server: RunningServer, client: PatternStoreClient) -> None:
+    client.store_patterns([Pattern(id=f"p{i}", type="t") for i in range(5)])
+    runs = [
+        _cli(server, "query", "--type", "t", "--order-by", "thompson", "--seed", "7").stdout
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]  # the same seed, the same draws
+    assert sorted(json.loads(x)["id"] for x in runs[0].splitlines()) == [f"p{i}" for i in range(5)]

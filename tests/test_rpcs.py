@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import urllib.error
 import urllib.request
@@ -566,3 +567,20 @@ def test_calls_wait_for_the_pattern_memory_like_redis_loading(tmp_path: Path) ->
         assert server.terminate() == 0
     finally:
         server.close()
+
+
+def test_client_odds_and_ends(server: RunningServer) -> None:
+    """helper-22: timeout=None (gRPC's "no deadline") failed every call with a TypeError;
+    close() closed a channel the caller passed in and still owns; a naive datetime was
+    read as local time, shifting outcomes by the host's UTC offset."""
+    with PatternStoreClient(server.target, timeout=None) as c:
+        c.store_pattern(_pattern("a"))
+        assert c.get_pattern("a").id == "a"
+        with pytest.raises(ValueError, match="naive datetime"):
+            c.update_confidence("a", "success", observed_at=dt.datetime(2026, 1, 1))
+        c.update_confidence("a", "success", observed_at=dt.datetime.now(dt.UTC))
+    with grpc.insecure_channel(server.target) as channel:
+        with PatternStoreClient(channel=channel) as c:
+            assert c.get_pattern("a").usage_count == 1
+        with PatternStoreClient(channel=channel) as c:  # still open
+            assert c.get_pattern("a").id == "a"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
@@ -122,14 +123,17 @@ class Retrier:
     """One call's retries: how long to wait before each next try, within its deadline.
     Shared by the sync and async clients, which differ only in how they sleep."""
 
-    def __init__(self, policy: RetryPolicy, safe: bool, timeout: float) -> None:
+    def __init__(self, policy: RetryPolicy, safe: bool, timeout: float | None) -> None:
         self._policy = policy
         self._delays = policy.delays() if safe else iter(())
         # ``timeout`` bounds the call, retries included: each try gets what is left.
-        self.deadline = time.monotonic() + timeout
+        # None: no deadline, as in gRPC.
+        self.deadline = math.inf if timeout is None else time.monotonic() + timeout
         self.tries = 0
 
-    def left(self) -> float:
+    def left(self) -> float | None:
+        if self.deadline == math.inf:
+            return None
         return max(0.0, self.deadline - time.monotonic())
 
     def next_delay(self, exc: grpc.RpcError) -> float | None:
@@ -209,6 +213,13 @@ def timestamp(value: dt.datetime | float | Timestamp | None) -> Timestamp | None
         return value
     ts = Timestamp()
     if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            # Python reads a naive datetime as local time, protobuf as UTC: either guess
+            # shifts someone's outcomes by their UTC offset.
+            raise ValueError(
+                "observed_at: a naive datetime is ambiguous; pass an aware one, such as "
+                "datetime.now(datetime.UTC)"
+            )
         ts.FromDatetime(value.astimezone(dt.UTC))
     else:
         ts.FromNanoseconds(round(value * 1e9))

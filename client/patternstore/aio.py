@@ -27,7 +27,7 @@ class AsyncPatternStoreClient:
         self,
         target: str = "127.0.0.1:50051",
         *,
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,
         retry: r.RetryPolicy | None = None,
         channel: grpc.aio.Channel | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -36,6 +36,8 @@ class AsyncPatternStoreClient:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
+        # Closed by close() only when made here: a channel passed in is the caller's.
+        self._owns_channel = channel is None
         if channel is None:
             creds = r.credentials(tls_ca, tls_cert, tls_key)
             if creds is None:
@@ -62,7 +64,8 @@ class AsyncPatternStoreClient:
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._owns_channel:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncPatternStoreClient:
         return self
@@ -242,7 +245,9 @@ class AsyncPatternStoreClient:
         stream = r.RequestStream(updates)
         try:
             reply: Any = await self._record(
-                aiter(stream), timeout=timeout or self.timeout, metadata=self._metadata
+                aiter(stream),
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except (grpc.RpcError, asyncio.CancelledError) as exc:
             task = asyncio.current_task()

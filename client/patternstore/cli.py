@@ -8,6 +8,7 @@ as a JSON object or list, which is stored as its compact JSON text.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,18 @@ from .v1 import patternstore_pb2 as pb
 __all__ = ["main"]
 
 _IMPORT_BATCH = 500
+_IMPORT_BATCH_BYTES = 4 * 1024 * 1024
+# Codes that say a call was refused, so nothing in it was stored. Any other error (a
+# deadline, a dropped connection) leaves it unknown whether the batch was applied.
+_REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 def _to_json(p: pb.Pattern) -> str:
@@ -49,24 +62,46 @@ def _pattern_from(obj: Any) -> pb.Pattern:
 
 
 def _read_patterns(stream: TextIO) -> Iterator[pb.Pattern]:
-    """One JSON object per line, or one JSON document (an object or a list of them)."""
-    text = stream.read()
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    yield _pattern_from(json.loads(line))
-                except (ValueError, json_format.ParseError) as exc:
-                    raise ValueError(f"line {n}: {exc}") from None
+    """One JSON object per line, or one JSON document (an object or a list of them).
+
+    JSON lines are read a line at a time (an export of millions of patterns must not be
+    held in memory); the input is one document when its first line is not a whole JSON
+    value (a pretty-printed object or list).
+    """
+    lines = enumerate(stream, 1)
+    n, first = next(((i, line) for i, line in lines if line.strip()), (0, ""))
+    if not n:
         return
-    for obj in doc if isinstance(doc, list) else [doc]:
-        yield _pattern_from(obj)
+    try:
+        value = json.loads(first)
+    except json.JSONDecodeError:
+        value = json.loads(first + stream.read())
+        for obj in value if isinstance(value, list) else [value]:
+            yield _pattern_from(obj)
+        return
+    for obj in value if isinstance(value, list) else [value]:
+        yield _numbered(n, obj)
+    for n, line in lines:
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {n}: {exc}") from None
+            yield _numbered(n, obj)
 
 
-def _open_in(path: str) -> TextIO:
-    return sys.stdin if path == "-" else open(path, encoding="utf-8")
+def _numbered(n: int, obj: Any) -> pb.Pattern:
+    try:
+        return _pattern_from(obj)
+    except (ValueError, json_format.ParseError) as exc:
+        raise ValueError(f"line {n}: {exc}") from None
+
+
+def _open_in(path: str) -> contextlib.AbstractContextManager[TextIO]:
+    # stdin is the caller's: read it, never close it.
+    if path == "-":
+        return contextlib.nullcontext(sys.stdin)
+    return open(path, encoding="utf-8")
 
 
 class _Progress:
@@ -87,13 +122,21 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _batches(items: Iterable[pb.Pattern], size: int) -> Iterator[list[pb.Pattern]]:
+def _batches(items: Iterable[pb.Pattern], size: int, max_bytes: int) -> Iterator[list[pb.Pattern]]:
+    """Up to ``size`` patterns, closed early at about ``max_bytes`` of message: 500 large
+    patterns would pass the server's max_receive_bytes (16 MiB by default)."""
     batch: list[pb.Pattern] = []
+    total = 0
     for item in items:
+        n = item.ByteSize()
+        if batch and total + n > max_bytes:
+            yield batch
+            batch, total = [], 0
         batch.append(item)
+        total += n
         if len(batch) == size:
             yield batch
-            batch = []
+            batch, total = [], 0
     if batch:
         yield batch
 
@@ -131,6 +174,7 @@ def _cmd_query(c: PatternStoreClient, a: argparse.Namespace) -> None:
         limit=a.limit,
         page_token=a.page_token,
         consistency=consistency,
+        seed=a.seed,
     )
     for p in page.patterns:
         print(_to_json(p))
@@ -147,11 +191,10 @@ def _cmd_stats(c: PatternStoreClient, a: argparse.Namespace) -> None:
     print(json_format.MessageToJson(c.get_stats(), preserving_proto_field_name=True, indent=2))
 
 
-def _cmd_health(c: PatternStoreClient, a: argparse.Namespace) -> None:
+def _cmd_health(c: PatternStoreClient, a: argparse.Namespace) -> int:
     status = c.health(a.service)
     print(status)
-    if status != "SERVING":
-        raise SystemExit(1)
+    return 0 if status == "SERVING" else 1
 
 
 def _cmd_backup(c: PatternStoreClient, a: argparse.Namespace) -> None:
@@ -213,16 +256,31 @@ def _replace_database(source: Path, dest: Path) -> None:
 
 def _cmd_export(c: PatternStoreClient, a: argparse.Namespace) -> None:
     progress = _Progress("exported")
-    out = sys.stdout if a.file == "-" else open(a.file, "w", encoding="utf-8")  # noqa: SIM115
+    if a.file == "-":
+        try:
+            _export_to(c, a, sys.stdout, progress)
+        finally:
+            progress.done()
+        return
+    # Like backup: written beside the file and renamed once complete, so a failed export
+    # leaves no partial file that looks like a whole one.
+    partial = Path(a.file + ".partial")
     try:
-        # By id: the one ordering in which a pattern updated meanwhile cannot be skipped.
-        for p in c.iter_patterns(a.type, order_by="id", consistency=pb.CONSISTENCY_STRONG):
-            out.write(_to_json(p) + "\n")
-            progress.add(1)
+        with partial.open("w", encoding="utf-8") as out:
+            _export_to(c, a, out, progress)
+        partial.replace(a.file)
     finally:
-        if out is not sys.stdout:
-            out.close()
+        partial.unlink(missing_ok=True)
         progress.done()
+
+
+def _export_to(
+    c: PatternStoreClient, a: argparse.Namespace, out: TextIO, progress: _Progress
+) -> None:
+    # By id: the one ordering in which a pattern updated meanwhile cannot be skipped.
+    for p in c.iter_patterns(a.type, order_by="id", consistency=pb.CONSISTENCY_STRONG):
+        out.write(_to_json(p) + "\n")
+        progress.add(1)
 
 
 def _cmd_import(c: PatternStoreClient, a: argparse.Namespace) -> None:
@@ -230,16 +288,20 @@ def _cmd_import(c: PatternStoreClient, a: argparse.Namespace) -> None:
     batch: list[pb.Pattern] = []
     try:
         with _open_in(a.file) as f:
-            for batch in _batches(_read_patterns(f), _IMPORT_BATCH):
+            for batch in _batches(_read_patterns(f), _IMPORT_BATCH, _IMPORT_BATCH_BYTES):
                 c.store_patterns(batch)
                 progress.add(len(batch))
-    except grpc.RpcError:
+    except grpc.RpcError as exc:
         # A batch is stored whole or not at all ("item i" in the error counts from its
         # first record); the batches before it are stored: say which records are which.
         first = progress.count + 1
+        records = f"records {first}-{first + len(batch) - 1} (item 0 is record {first})"
+        if exc.code() in _REFUSED:
+            fate = "were not stored"
+        else:
+            fate = "may or may not have been stored; importing again is safe (stores replace)"
         print(
-            f"patternstore: records {first}-{first + len(batch) - 1} were not stored "
-            f"(item 0 is record {first}); the {progress.count} before them were",
+            f"patternstore: {records} {fate}; the {progress.count} before them were stored",
             file=sys.stderr,
         )
         raise
@@ -299,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--order-by",
         default="confidence",
-        choices=["confidence", "usage", "recent", "lower_bound", "id"],
+        choices=["confidence", "usage", "recent", "lower_bound", "thompson", "id"],
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="thompson: the draws' seed (0 = the server picks)"
     )
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--page-token", default="")
@@ -353,14 +418,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
         ) as client:
-            args.run(client, args)
+            code = args.run(client, args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``export | head``): stop quietly, as a tool killed by
+        # SIGPIPE would; stdout goes to devnull so the interpreter's final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except grpc.RpcError as exc:
         print(f"patternstore: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     except (OSError, ValueError, json_format.ParseError, StorageError) as exc:
         print(f"patternstore: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class PatternStoreClient:
         self,
         target: str = "127.0.0.1:50051",
         *,
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,
         retry: r.RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -48,6 +48,8 @@ class PatternStoreClient:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
+        # Closed by close() only when made here: a channel passed in is the caller's.
+        self._owns_channel = channel is None
         if channel is None:
             creds = r.credentials(tls_ca, tls_cert, tls_key)
             if creds is None:
@@ -74,7 +76,8 @@ class PatternStoreClient:
         )
 
     def close(self) -> None:
-        self._channel.close()
+        if self._owns_channel:
+            self._channel.close()
 
     def __enter__(self) -> PatternStoreClient:
         return self
@@ -314,7 +317,9 @@ class PatternStoreClient:
         stream = r.RequestStream(updates)
         try:
             reply: Any = self._record(
-                iter(stream), timeout=timeout or self.timeout, metadata=self._metadata
+                iter(stream),
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             if stream.error is not None:
