@@ -413,17 +413,11 @@ class Engine:
                 f"pattern {p.id!r} is at version {have}, not the expected {req.expected_version}; "
                 "read it again and retry"
             )
-        new = pb.Pattern(
-            id=p.id,
-            type=p.type,
-            name=p.name,
-            description=p.description,
-            data=p.data,
-            embedding=p.embedding,
-            metadata=p.metadata,
-        )
-        if p.HasField("trajectory"):
-            new.trajectory.CopyFrom(p.trajectory)
+        # The request's own message becomes the new state: the call owns it (parsed from
+        # the wire), and every server-maintained field is overwritten below. Copying the
+        # caller's fields into a new message cost 2.6 us a store (cProfile).
+        new = p
+        new.DiscardUnknownFields()  # a newer client's fields this server would store
         if p.HasField("expires_at"):
             ts = p.expires_at
             if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds < 0:
@@ -434,7 +428,6 @@ class Engine:
                     "is past 2262-04-11, the latest expiry kept (nanoseconds in 64 bits); "
                     "leave it unset for a pattern that never expires",
                 )
-            new.expires_at.CopyFrom(ts)
         dims = self.memory.vectors.dims if call_dims is None else call_dims
         if p.embedding and dims is not None and len(p.embedding) != dims:
             raise InvalidArgument(

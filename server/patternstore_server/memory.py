@@ -101,7 +101,9 @@ class PatternMemory:
         if state.embedding:
             vector = np.asarray(state.embedding, dtype=np.float32)
             self.vectors.upsert(state.id, vector, state.type, state.confidence)
-        elif state.id in self.vectors:
+        elif len(self.vectors) and state.id in self.vectors:
+            # len() first: the id lookup costs ~1 us a store, and most stores have no
+            # embedding in a store that has none.
             self.vectors.remove(state.id)
 
     def learned(self, pid: str, row: Sequence[Any], now_ns: int, has_embedding: bool) -> None:
