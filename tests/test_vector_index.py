@@ -206,6 +206,24 @@ def test_dimension_mismatch_is_a_clear_value_error() -> None:
     assert len(index) == 1
 
 
+def test_the_length_learned_from_the_first_embedding_goes_with_the_last() -> None:
+    """helper-24: an 8-value embedding was refused after every 4-value one was deleted,
+    until a restart (which rebuilds the index from what is stored)."""
+    index = VectorIndex()
+    index.upsert("a", [1.0, 0.0, 0.0, 0.0], "t", 0.5)
+    index.upsert("b", [0.0, 1.0, 0.0, 0.0], "t", 0.5)
+    index.remove("a")
+    assert index.dims == 4  # one is left
+    index.remove("b")
+    assert index.dims is None
+    index.upsert("c", [1.0] * 8, "t", 0.5)
+    assert index.dims == 8 and index.search([1.0] * 8, 1)[0][0] == "c"
+    fixed = VectorIndex(4)
+    fixed.upsert("a", [1.0, 0.0, 0.0, 0.0], "t", 0.5)
+    fixed.remove("a")
+    assert fixed.dims == 4  # a length the caller set stays
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

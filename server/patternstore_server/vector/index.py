@@ -134,6 +134,8 @@ class VectorIndex:
         self._type_names: list[str] = []
         self._lock = _ReadWriteLock()
         self._scratch = threading.local()  # per-thread float32 block: searches run in parallel
+        # Set by the caller: kept. Taken from the first embedding: given up with the last.
+        self._fixed_dims = dims is not None
         if dims is not None:
             self._set_dims(dims)
 
@@ -232,6 +234,12 @@ class VectorIndex:
                 )
             self._n -= 1
             self._release_spare_chunks()
+            if self._n == 0 and not self._fixed_dims:
+                # The last embedding gone: the next one may have any length, as after a
+                # restart (the index is rebuilt from what is stored, and none is).
+                self._chunks.clear()
+                self._resize_rows(0)
+                self._dims = None
             return True
 
     def update_meta(
