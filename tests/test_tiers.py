@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 from patternstore import (
@@ -17,7 +19,7 @@ from patternstore import (
 from patternstore_server.cache.l2 import ENTRY_OVERHEAD, CompressedCache
 from patternstore_server.cache.l3 import QueryCache
 
-from .conftest import FakeClock
+from .conftest import FakeClock, RunningServer
 
 
 class Timer:
@@ -243,3 +245,15 @@ def test_l2_is_a_victim_tier_exclusive_of_l1() -> None:
     assert "big" in l2 and "big" not in l1
     tiers.fill("noise", os.urandom(2 << 20))
     assert "noise" not in tiers
+
+
+def test_staleness_and_ttl_are_timed_on_the_monotonic_clock(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """On the real clock, L3's staleness bound (and L2's TTL) is a duration on the
+    monotonic clock: timed on the wall clock, a step back (NTP, a resumed VM) kept a
+    BOUNDED reply for as long as the step (helper-24: 30 minutes for a 1 s bound)."""
+    srv = start_server()  # the real clock, as in production
+    l3 = srv.server.engine.l3
+    before = time.monotonic()
+    assert before <= l3.now() <= time.monotonic()

@@ -80,9 +80,14 @@ class PatternStoreServer:
         )
         clock = self._clock
 
-        def clock_s() -> float:
-            # The server's one clock (injected by tests) times L2's TTL and L3's staleness.
+        def fake_s() -> float:
             return clock() / 1e9
+
+        # L2's TTL and L3's staleness bound are durations: timed on the monotonic clock,
+        # or a wall-clock step back (NTP, a resumed VM) keeps a BOUNDED query's reply
+        # for as long as the step (helper-24: 30 minutes, for a 1 s bound). A test's
+        # injected clock drives them too, so it can move them without sleeping.
+        clock_s = time.monotonic if clock is time.time_ns else fake_s
 
         l2 = (
             CompressedCache(s.l2_max_bytes, s.l2_ttl_s, timer=clock_s)
