@@ -444,6 +444,38 @@ def test_a_store_sharing_a_rotten_payload_repairs_it(
         assert c.get_pattern("bad").data == content  # the same blob: both read again
 
 
+def test_readers_of_many_patterns_leave_a_rotten_one_out(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """helper-24: one rotten row failed every page, GetPatterns and search holding it
+    (an export by id could not get past it), and DATA_LOSS did not say which pattern."""
+    srv = start_server(warm_count=0)
+    ids = [f"p{i:02}" for i in range(20)]
+    with PatternStoreClient(srv.target) as c:
+        c.store_patterns(
+            [
+                Pattern(id=pid, type="t", data=pid.encode() * 20, embedding=[1.0, i / 20])
+                for i, pid in enumerate(ids)
+            ]
+        )
+    srv.stop()
+    _rot_payload(tmp_path / "data" / "patterns.db", "p05")
+    srv = start_server(warm_count=0)
+    kept = [pid for pid in ids if pid != "p05"]
+    with PatternStoreClient(srv.target, retry=ONCE) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.get_pattern("p05")
+        assert _code(err) == grpc.StatusCode.DATA_LOSS
+        assert "'p05'" in (err.value.details() or "")
+        got = c.get_patterns(["p04", "p05", "p06"])
+        assert [p.id for p in got.patterns] == ["p04", "p06"]
+        assert list(got.missing_ids) == ["p05"]
+        assert sorted(p.id for p in c.query_patterns("t", limit=100).patterns) == kept
+        assert [p.id for p in c.iter_patterns("t", order_by="id", page_size=3)] == kept
+        near = c.search_similar([1.0, 0.25], k=3).results
+        assert len(near) == 3 and "p05" not in {r.pattern.id for r in near}
+
+
 def test_a_batch_with_a_rotten_pattern_fails_that_item_only(
     start_server: Callable[..., RunningServer], tmp_path: Path
 ) -> None:

@@ -287,7 +287,13 @@ class Engine:
             sql = q.SELECT_PATTERNS_IN.format(",".join("?" * len(keys)))
             rows = self._pool.query("get_patterns", sql, keys)
             for row in rows:
-                data = row_to_pattern(row, self._pool.dictionaries).SerializeToString()
+                try:
+                    data = row_to_pattern(row, self._pool.dictionaries).SerializeToString()
+                except CodecError as exc:
+                    # Not found for this reply, the rest served: one rotten pattern must
+                    # not fail every GetPatterns, search or Thompson page that holds it.
+                    log.warning("reading patterns: %s", exc)
+                    continue
                 self._tiers.fill(row[0], data)
                 for i in misses[row[0]]:
                     found[i] = data

@@ -33,8 +33,17 @@ _NS = 1_000_000_000
 def row_to_pattern(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.Pattern:
     """Build a Pattern from a row in storage.queries.COLUMNS order (fields still encoded).
 
-    Raises CodecError when the payload, embedding or trajectory does not decode.
+    Raises CodecError naming the pattern when its payload, embedding, trajectory or text
+    does not decode.
     """
+    try:
+        return _decoded(row, dictionaries)
+    except CodecError as exc:
+        # The id, so a caller told DATA_LOSS by a multi-pattern reader knows which.
+        raise CodecError(f"pattern {row[0]!r}: {exc}") from None
+
+
+def _decoded(row: Sequence[Any], dictionaries: Mapping[int, bytes]) -> pb.Pattern:
     p = row_skeleton(row)
     p.name = _text(row[2], "name")
     p.description = _text(row[3], "description")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from patternstore.v1 import patternstore_pb2 as pb
 
 from . import validate
+from .codecs import CodecError
 from .errors import InvalidArgument
 from .model import row_to_pattern
 from .storage import ConnectionPool
@@ -28,6 +30,8 @@ __all__ = [
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+
+log = logging.getLogger(__name__)
 
 _ORDERS = {
     pb.ORDER_BY_UNSPECIFIED: "confidence",
@@ -96,7 +100,13 @@ def run_query(pool: ConnectionPool, spec: QuerySpec, now_ns: int) -> tuple[bytes
     resp = pb.QueryPatternsResponse()
     expiring = False
     for row in rows[: spec.limit]:
-        resp.patterns.append(row_to_pattern(row, pool.dictionaries))
+        try:
+            resp.patterns.append(row_to_pattern(row, pool.dictionaries))
+        except CodecError as exc:
+            # Left out, not the whole page failed: else no page past it could ever be
+            # read (an export by id would stop there). GetPattern says DATA_LOSS for it.
+            log.warning("query reply leaves out a row that does not decode: %s", exc)
+            continue
         expiring = expiring or bool(row[_EXPIRES_AT])
     if len(rows) > spec.limit:
         last = rows[spec.limit - 1]
