@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import apsw
 import grpc
@@ -20,7 +25,7 @@ from patternstore import (
 )
 
 from .conftest import RunningServer
-from .proc import ServerProcess
+from .proc import ServerProcess, server_command
 
 
 @dataclass
@@ -239,3 +244,109 @@ def test_queued_writes_wait_for_queued_delay_unless_someone_waits(
         while c.get_stats().durable_sequence < r.sequence:  # committed with nobody asking
             assert time.monotonic() < deadline
             time.sleep(0.01)
+
+
+def test_a_stop_with_the_writer_stuck_exits_1_and_counts_what_is_lost(tmp_path: Path) -> None:
+    """helper-25: with another process holding the write lock, SIGTERM exited 0 and
+    logged "0 queued writes are not committed" while 20 acknowledged QUEUED writes were
+    lost (the batch being retried was not counted)."""
+    data = tmp_path / "data"
+    server = ServerProcess(data, "--busy-timeout-ms", "50", "--grace-s", "1")
+    other = apsw.Connection(str(data / "patterns.db"))
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with PatternStoreClient(server.target, timeout=10) as c:
+            for i in range(5):
+                c.store_pattern(Pattern(id=f"q{i}", type="t"), durability=DURABILITY_QUEUED)
+        assert server.terminate() == 1
+        assert "5 acknowledged writes are not committed and are lost" in server.log()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        server.close()
+
+
+def test_signals_are_handled_from_the_start_and_a_third_exits_at_once(tmp_path: Path) -> None:
+    """helper-25: the handlers came after start-up, so a SIGTERM while the memory loaded
+    killed the process unlogged (and PID 1 in a container ignores it); repeated signals
+    during a drain were silently ignored."""
+    data = tmp_path / "data"
+    server = ServerProcess(data, loading=True)  # the port is bound, start-up goes on
+    try:
+        assert server.terminate() == 0
+        assert "patternstore draining" in server.log()
+    finally:
+        server.close()
+    server = ServerProcess(data, "--grace-s", "30")
+    try:
+        release = threading.Event()
+
+        def outcomes() -> Iterator[Any]:
+            release.wait(30)  # an outcome stream left open keeps the drain waiting
+            yield update_request("x", "success")
+
+        with PatternStoreClient(server.target) as c:
+            caller = threading.Thread(target=_ignore_errors, args=(c.record_outcomes, outcomes()))
+            caller.start()
+            time.sleep(0.2)
+            for _ in range(3):
+                server.proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+            assert server.proc.wait(10) == 1
+            release.set()
+            caller.join(10)
+        log = server.log()
+        assert "signal again to exit now" in log and "exiting now, without draining" in log
+    finally:
+        server.close()
+
+
+def test_start_failures_are_one_line_in_the_log(tmp_path: Path) -> None:
+    """helper-25: a port in use, a newer schema or a file that is not a database printed
+    a traceback; under TLS a port in use was blamed on the certificate."""
+    data = tmp_path / "data"
+    ServerProcess(data).terminate()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [
+                *server_command(),
+                "--data-dir",
+                str(data),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics-listen",
+                "",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1
+    assert f"cannot start: cannot bind listen=127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+    with apsw.Connection(str(data / "patterns.db")) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'future')")
+    r = subprocess.run(
+        [
+            *server_command(),
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "cannot start:" in r.stderr and "newer patternstore" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _ignore_errors(fn: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        fn(*args)

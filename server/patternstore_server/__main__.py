@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import load_settings
+from .errors import PatternStoreError
 from .server import serve
 
 
@@ -23,11 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        asyncio.run(serve(settings))
-    except (OSError, ValueError) as exc:
+        return asyncio.run(serve(settings))
+    except (OSError, ValueError, PatternStoreError) as exc:
+        # One line, in the log's format: a full disk, a newer schema, a port in use.
         logging.getLogger("patternstore_server").error("cannot start: %s", exc)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -53,6 +55,8 @@ class PatternStoreServer:
         self._pruner: asyncio.Task[None] | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = False
+        # Acknowledged writes a stop could not commit (a writer stuck on a fault).
+        self.uncommitted = 0
         self._lock = DataDirLock(settings.data_dir, "patternstore-server")
 
     @property
@@ -128,22 +132,20 @@ class PatternStoreServer:
         )
         host, _ = split_address(s.listen)
         credentials = _server_credentials(s)
-        if credentials is None:
-            self.port = server.add_insecure_port(s.listen)
-        else:
-            try:
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(s.listen)
+            else:
                 self.port = server.add_secure_port(s.listen, credentials)
-            except RuntimeError as exc:
-                # gRPC reports a certificate it cannot use as a failure to bind the port
-                # (the cause is only in its C log): name the files instead.
-                raise ValueError(
-                    f"cannot serve TLS on {s.listen} with tls_cert={s.tls_cert} "
-                    f"tls_key={s.tls_key}"
-                    + (f" tls_client_ca={s.tls_client_ca}" if s.tls_client_ca else "")
-                    + ": check they are PEM and the key matches the certificate"
-                ) from exc
+        except RuntimeError as exc:
+            # grpcio raises RuntimeError for any port it cannot open; the files were
+            # checked already (_server_credentials), so the address is what failed.
+            raise OSError(
+                f"cannot bind listen={s.listen}: the port is in use, or the host is not "
+                "an address of this machine"
+            ) from exc
         if self.port == 0:
-            raise OSError(f"cannot bind {s.listen}")
+            raise OSError(f"cannot bind listen={s.listen}")
         # Health answers NOT_SERVING (the default for "" is SERVING) and calls get
         # UNAVAILABLE until the pattern memory is loaded.
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -155,7 +157,10 @@ class PatternStoreServer:
         if s.metrics_listen:
             mhost, mport = split_address(s.metrics_listen)
             self.metrics.add_state_collector(self._state)
-            self._http = SidePort(mhost, mport, self.metrics.registry, self._not_ready)
+            try:
+                self._http = SidePort(mhost, mport, self.metrics.registry, self._not_ready)
+            except OSError as exc:
+                raise OSError(f"cannot bind metrics_listen={s.metrics_listen}: {exc}") from exc
             self._http.start()
             self.metrics_port = self._http.port
             metrics_addr = f"{mhost}:{self.metrics_port}"
@@ -298,10 +303,15 @@ class PatternStoreServer:
         self.servicer.close()
         if writer.running:
             # Stuck on a fault: its connection is in use on its thread, so it is not
-            # closed under it; the process exits with those writes uncommitted.
+            # closed under it; the process exits with those writes uncommitted. Counted
+            # by sequence, as the queue-depth metric is: ``queued`` leaves out the batch
+            # the writer is retrying.
+            self.uncommitted = max(0, self.engine.last_sequence - self.engine.durable_sequence)
             log.error(
-                "stopping with the writer stuck on a fault; %d queued writes are not committed",
-                writer.queued,
+                "stopping with the writer stuck on a fault (%s); %d acknowledged writes are "
+                "not committed and are lost",
+                self.engine.degraded,
+                self.uncommitted,
             )
         else:
             self.pool.close()
@@ -325,6 +335,19 @@ def _server_credentials(s: Settings) -> grpc.ServerCredentials | None:
     key = Path(s.tls_key).read_bytes()
     chain = Path(s.tls_cert).read_bytes()
     ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
+    # Checked here: gRPC reports files it cannot use as a failure to bind the port (the
+    # cause only in its C log), which would send the operator to the wrong problem.
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+        if s.tls_client_ca:
+            context.load_verify_locations(s.tls_client_ca)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"cannot serve TLS with tls_cert={s.tls_cert} tls_key={s.tls_key}"
+            + (f" tls_client_ca={s.tls_client_ca}" if s.tls_client_ca else "")
+            + f": check they are PEM and the key matches the certificate ({exc.reason})"
+        ) from None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
     )
@@ -337,8 +360,30 @@ async def create_server(settings: Settings, clock: Clock = time.time_ns) -> Patt
     return server
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and exit."""
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain; the exit status (1: writes were lost).
+
+    The signal handlers come first: a signal while the memory loads (seconds at 1M
+    patterns) would otherwise kill the process unlogged, or, as PID 1 in a container,
+    be dropped by the kernel until docker stop's SIGKILL. A second signal during the
+    drain says how to cut it short; a third exits at once.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 2:
+            log.warning("already draining (grace_s=%s); signal again to exit now", settings.grace_s)
+        elif signals >= 3:
+            log.error("exiting now, without draining: queued writes are lost")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     server = await create_server(settings)
     # What start-up built (modules, the memory, the warmed caches) lives as long as the
     # process: move it out of the collector's generations, so no collection walks it
@@ -347,10 +392,7 @@ async def serve(settings: Settings) -> None:
     # and stops many servers (the tests) would never collect the cycles of stopped ones.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("patternstore draining")
     await server.stop()
+    return 1 if server.uncommitted else 0
