@@ -309,42 +309,23 @@ def test_start_failures_are_one_line_in_the_log(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        r = subprocess.run(
-            [
-                *server_command(),
-                "--data-dir",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--metrics-listen",
-                "",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert r.returncode == 1
-    assert f"cannot start: cannot bind listen=127.0.0.1:{port}" in r.stderr
-    assert "Traceback" not in r.stderr
+        stderr = _failed_start(data, f"127.0.0.1:{port}")
+    assert f"cannot start: cannot bind listen=127.0.0.1:{port}" in stderr
     with apsw.Connection(str(data / "patterns.db")) as conn:
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'future')")
+    stderr = _failed_start(data, "127.0.0.1:0")
+    assert "cannot start:" in stderr and "newer patternstore" in stderr
+
+
+def _failed_start(data: Path, listen: str) -> str:
+    """Run a server that must fail to start: exit 1 and no traceback; its stderr."""
+    command = [*server_command(), "--data-dir", str(data), "--listen", listen]
     r = subprocess.run(
-        [
-            *server_command(),
-            "--data-dir",
-            str(data),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [*command, "--metrics-listen", ""], capture_output=True, text=True, timeout=60
     )
-    assert r.returncode == 1
-    assert "cannot start:" in r.stderr and "newer patternstore" in r.stderr
+    assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
+    return r.stderr
 
 
 def _ignore_errors(fn: Callable[..., Any], *args: Any) -> None:
