@@ -135,6 +135,20 @@ def test_prometheus_config_passes_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
+    """Each alert fires on the series it is for, and only there (alerts_test.yml)."""
+    promtool = required_binary("promtool")
+    rules = PROMETHEUS_CONFIG.parent
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run(
+            [promtool, *args], cwd=rules, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load(COMPOSE.read_text())
+    mounts = dict(_bind_mounts(compose["services"]["prometheus"]))
+    assert mounts.get("./deploy/prometheus/alerts.yml") == "/etc/prometheus/alerts.yml"
+
+
 def test_prometheus_scrapes_the_compose_service() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
