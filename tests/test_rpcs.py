@@ -257,33 +257,39 @@ def test_an_error_in_the_callers_outcome_iterator_is_raised_as_itself(
 ) -> None:
     """grpc turns it into UNKNOWN "Exception iterating requests!" and grpc.aio into a
     CancelledError (which a TaskGroup swallows as a cancel): the clients raise the
-    caller's own exception. What was sent before it stays applied."""
+    caller's own exception. What the server applied before it stays applied."""
     client.store_patterns([_pattern("a"), _pattern("b")])
 
-    def outcomes(pid: str) -> Iterator[Any]:
-        yield update_request(pid, "success")
-        raise LookupError(f"worker lost {pid}")
+    def outcomes() -> Iterator[Any]:
+        yield update_request("a", "success")
+        # Raised once the server has applied the first: a message yielded is not yet
+        # sent, and under load the cancel could overtake it.
+        deadline = time.monotonic() + 10
+        while client.get_pattern("a").usage_count < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        raise LookupError("worker lost a")
 
     with pytest.raises(LookupError, match="worker lost a"):
-        client.record_outcomes(outcomes("a"))
+        client.record_outcomes(outcomes())
 
     async def in_a_task_group() -> None:
-        async def streamed() -> AsyncIterator[Any]:
-            for item in outcomes("b"):
-                yield item
+        async with AsyncPatternStoreClient(server.target) as ac:
 
-        async with AsyncPatternStoreClient(server.target) as ac, asyncio.TaskGroup() as group:
-            group.create_task(ac.record_outcomes(streamed()))
+            async def streamed() -> AsyncIterator[Any]:
+                yield update_request("b", "success")
+                while (await ac.get_pattern("b")).usage_count < 1:
+                    await asyncio.sleep(0.01)
+                raise LookupError("worker lost b")
+
+            async with asyncio.TaskGroup() as group:
+                group.create_task(ac.record_outcomes(streamed()))
 
     with pytest.raises(ExceptionGroup) as caught:
-        asyncio.run(in_a_task_group())
+        asyncio.run(asyncio.wait_for(in_a_task_group(), 30))
     assert caught.group_contains(LookupError, match="worker lost b")
     client.flush()
-    deadline = time.monotonic() + 5
-    while client.get_pattern("b").usage_count < 1:  # the cancel lands after the reply
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert client.get_pattern("a").usage_count == 1
+    assert [p.usage_count for p in client.get_patterns(["a", "b"]).patterns] == [1, 1]
 
 
 def test_record_outcomes_refuses_bad_message_with_its_index(client: PatternStoreClient) -> None:
