@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from patternstore import DURABILITY_QUEUED, Pattern, PatternStoreClient
 
-from .conftest import FakeClock, self_signed_cert
+from .conftest import FakeClock, RunningServer, self_signed_cert
 from .proc import ServerProcess
 
 
@@ -389,3 +392,25 @@ def test_oversized_message_is_refused(start_server: Any, clock: FakeClock) -> No
     with grpc.insecure_channel(srv.target) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_side_port_drops_stalled_connections_and_bounds_them(server: RunningServer) -> None:
+    """helper-27: 300 half-sent requests held 312 threads (and up to 6.5 MB of headers
+    each) for as long as the client liked, on a port with no authentication."""
+    port = server.server.metrics_port
+    threads_before = threading.active_count()
+    stalled = []
+    for _ in range(40):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        stalled.append(conn)
+    time.sleep(0.5)
+    assert threading.active_count() - threads_before <= 16  # the cap, not one per client
+    deadline = time.monotonic() + 15
+    for conn in stalled:  # each is closed by the server: refused, or timed out
+        conn.settimeout(max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ConnectionResetError):
+            assert conn.recv(1024) == b""
+        conn.close()
+    url = f"http://127.0.0.1:{port}/healthz"
+    assert urllib.request.urlopen(url, timeout=5).status == 200

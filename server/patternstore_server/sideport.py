@@ -15,12 +15,44 @@ __all__ = ["SidePort"]
 _StartResponse = Callable[..., Any]
 
 
+# Connections served at once; more are closed at once. A scraper and a few probes need a
+# handful; an unauthenticated port must not take a thread and buffered headers (up to
+# 6.5 MB) per connection without bound (helper-27: 300 stalled requests, 312 threads).
+_MAX_CONNECTIONS = 16
+# Seconds a connection may sit between reads or writes: a client sending its request
+# a byte at a time is dropped rather than holding its thread for ever.
+_IO_TIMEOUT_S = 5.0
+
+
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     # A slow scraper must not hold up /healthz probes.
     daemon_threads = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Counts the connections in a handler thread now.
+        self._slots = threading.BoundedSemaphore(_MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = _IO_TIMEOUT_S
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds would flood the log."""
 
