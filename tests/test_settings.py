@@ -63,8 +63,32 @@ def test_bad_values_name_the_setting() -> None:
         ("max-receive-bytes", "0"),
         ("listen", "127.0.0.1:70000"),
         ("metrics-listen", "127.0.0.1:99999"),
+        # helper-27: each was accepted: retried request_ids applied twice (0), BOUNDED
+        # replies cached for ever (nan, inf), a traceback at start (past a C int), a
+        # message naming no setting (0 entries, 0 threads), the current directory ("").
+        ("dedup-window", "0"),
+        ("l3-max-staleness-ms", "nan"),
+        ("l3-max-staleness-ms", "inf"),
+        ("max-receive-bytes", str(2**31)),
+        ("max-concurrent-rpcs", str(2**31)),
+        ("busy-timeout-ms", "-1"),
+        ("l1-max-entries", "0"),
+        ("query-threads", "0"),
+        ("grace-s", "nan"),
+        ("l2-ttl-s", "nan"),
+        ("slow-query-ms", "nan"),
+        ("data-dir", ""),
     ],
 )
 def test_values_that_parse_but_cannot_work_are_refused(flag: str, value: str) -> None:
     with pytest.raises(ValueError, match=flag.replace("-", "_")):
         load_settings([f"--{flag}", value], environ={})
+
+
+def test_an_unknown_patternstore_variable_is_refused() -> None:
+    """helper-27: PATTERNSTORE_AUTH_TOKEN_FILE (one letter short) started the server
+    without auth, silently. The client's own variables are let through."""
+    with pytest.raises(ValueError, match="did you mean PATTERNSTORE_AUTH_TOKENS_FILE"):
+        load_settings([], environ={"PATTERNSTORE_AUTH_TOKEN_FILE": "/etc/tokens"})
+    client_side = {"PATTERNSTORE_TARGET": "x:1", "PATTERNSTORE_TOKEN": "t", "HOME": "/"}
+    assert load_settings([], environ=client_side).auth_tokens_file == ""

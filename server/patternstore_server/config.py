@@ -9,6 +9,7 @@ read once, here, into a frozen :class:`Settings`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -194,6 +195,7 @@ def load_settings(
     Raises ValueError naming the setting when a value does not parse.
     """
     environ = os.environ if environ is None else environ
+    _check_environment(environ)
     flags = vars(build_parser().parse_args(list(argv or [])))
     values: dict[str, Any] = {}
     for s in SETTINGS:
@@ -210,6 +212,30 @@ def load_settings(
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+# PATTERNSTORE_* names the client, the CLI and the locust load test read (the image sets
+# PATTERNSTORE_TARGET for the CLI inside the container); TLS_CERT and TLS_KEY are
+# settings here too.
+_CLIENT_ENVIRONMENT = {
+    "PATTERNSTORE_TARGET",
+    "PATTERNSTORE_TOKEN",
+    "PATTERNSTORE_TLS_CA",
+    "PATTERNSTORE_PATTERNS",
+    "PATTERNSTORE_ZIPF_S",
+}
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a PATTERNSTORE_* variable that names no setting, as an unknown flag is:
+    a misspelt PATTERNSTORE_AUTH_TOKEN_FILE otherwise starts the server without auth
+    and says nothing (helper-27)."""
+    known = {env_name(s.name) for s in SETTINGS} | _CLIENT_ENVIRONMENT
+    for name in environ:
+        if name.startswith("PATTERNSTORE_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"unknown environment variable {name}{hint}")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -229,6 +255,9 @@ def _address_ok(address: str, optional: bool = False) -> bool:
         return False
     return True
 
+
+# gRPC options and SQLite's busy timeout are C ints.
+_MAX_GRPC_INT = 2**31 - 1
 
 # A prior (or a learning rate) past this would drown every outcome (weights stop at 1e6
 # too), and near 1e102 the lower bound's arithmetic overflows.
@@ -261,7 +290,26 @@ def _check(s: Settings) -> None:
         "prune_interval_s": 0 < s.prune_interval_s < math.inf,
         "prune_batch": s.prune_batch >= 1,
         # Below a kilobyte even a GetPatterns of a few ids is refused.
-        "max_receive_bytes": s.max_receive_bytes >= 1024,
+        "max_receive_bytes": 1024 <= s.max_receive_bytes <= _MAX_GRPC_INT,
+        "max_concurrent_rpcs": 0 <= s.max_concurrent_rpcs <= _MAX_GRPC_INT,
+        "data_dir": bool(s.data_dir),
+        # 0 would answer a retried request_id by applying it again, which the clients
+        # rely on never happening.
+        "dedup_window": s.dedup_window >= 1,
+        "busy_timeout_ms": 0 <= s.busy_timeout_ms <= _MAX_GRPC_INT,
+        "wal_autocheckpoint_pages": s.wal_autocheckpoint_pages >= 0,
+        "zstd_dict_min_samples": s.zstd_dict_min_samples >= 1,
+        "l1_max_entries": s.l1_max_entries >= 1,
+        "l1_max_bytes": s.l1_max_bytes >= 1,
+        "l2_max_bytes": s.l2_max_bytes >= 0,
+        "l2_ttl_s": 0 <= s.l2_ttl_s < math.inf,
+        "l3_max_entries": s.l3_max_entries >= 0,
+        # NaN or inf here kept a BOUNDED reply for ever.
+        "l3_max_staleness_ms": 0 <= s.l3_max_staleness_ms < math.inf,
+        "slow_query_ms": 0 <= s.slow_query_ms < math.inf,
+        "warm_count": s.warm_count >= 0,
+        "query_threads": 1 <= s.query_threads <= 64,
+        "grace_s": 0 <= s.grace_s < math.inf,
     }
     bad = [name for name, ok in problems.items() if not ok]
     if bad:

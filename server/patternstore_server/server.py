@@ -191,11 +191,14 @@ class PatternStoreServer:
         self._serving = True
         self._pruner = asyncio.create_task(self._prune_loop())
         log.info(
-            "patternstore serving grpc=%s:%d metrics=%s db=%s",
+            "patternstore serving grpc=%s:%d metrics=%s db=%s auth=%s tls=%s",
             host,
             self.port,
             metrics_addr,
             self.db_path,
+            # Said at every start: a server without auth is easy to run by mistake.
+            "tokens" if s.auth_tokens_file else "off",
+            ("mutual" if s.tls_client_ca else "on") if s.tls_cert else "off",
         )
 
     async def _prune_loop(self) -> None:
