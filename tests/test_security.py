@@ -414,3 +414,21 @@ def test_the_side_port_drops_stalled_connections_and_bounds_them(server: Running
         conn.close()
     url = f"http://127.0.0.1:{port}/healthz"
     assert urllib.request.urlopen(url, timeout=5).status == 200
+
+
+def test_backup_copies_a_crash_left_behind_are_removed_at_start(
+    start_server: Any, clock: FakeClock, tmp_path: Path
+) -> None:
+    """helper-27: each Backup stream makes a full-size copy beside the database; a
+    kill -9 mid-stream left it there for good, and enough of them fill the disk."""
+    data = tmp_path / "data"
+    data.mkdir()
+    orphan = data / "backup-1796000000000000000.db"
+    orphan.write_bytes(b"x" * 4096)
+    keep = data / "backup-notes.txt"  # not a copy the server made
+    keep.write_text("mine")
+    srv = start_server(clock)
+    with PatternStoreClient(srv.target) as c:
+        c.backup(str(tmp_path / "copy.db"))
+    assert not orphan.exists() and keep.exists()
+    assert sorted(p.name for p in data.glob("backup-*")) == ["backup-notes.txt"]

@@ -189,7 +189,21 @@ class PatternStoreClient:
                         header.total_bytes = chunk.total_bytes
                         header.durable_sequence = chunk.durable_sequence
                     f.write(chunk.data)
+                written = f.tell()
+                # On disk before it takes the name: a power loss just after must not
+                # leave an empty or short "verified" backup (helper-27).
+                f.flush()
+                os.fsync(f.fileno())
+            if written != header.total_bytes:
+                raise OSError(
+                    f"backup stream ended at {written} of {header.total_bytes} bytes; try again"
+                )
             os.replace(partial, out)
+            directory = os.open(os.path.dirname(os.path.abspath(out)), os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the rename itself
+            finally:
+                os.close(directory)
         except BaseException:
             # A failed stream leaves nothing behind (``out`` was never touched).
             with contextlib.suppress(FileNotFoundError):

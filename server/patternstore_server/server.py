@@ -24,7 +24,7 @@ from .config import Settings, split_address
 from .engine import Clock, Engine
 from .errors import PatternStoreError
 from .metrics import SERVICE, Metrics, StateReading
-from .servicer import PatternStoreServicer
+from .servicer import BACKUP_PREFIX, PatternStoreServicer
 from .sideport import SidePort
 from .storage import ConnectionOptions, ConnectionPool, DataDirLock
 from .vector import limit_blas_threads
@@ -76,6 +76,7 @@ class PatternStoreServer:
         # Read before anything starts: a bad file must fail the start with nothing to
         # undo (a pool opened, the writer thread running).
         tokens = load_tokens(s.auth_tokens_file) if s.auth_tokens_file else None
+        _remove_orphan_backups(Path(s.data_dir))
         limit_blas_threads()
         self.pool = ConnectionPool(
             self.db_path,
@@ -326,6 +327,14 @@ class PatternStoreServer:
     async def wait(self) -> None:
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _remove_orphan_backups(data_dir: Path) -> None:
+    """Backup copies a crash left beside the database: each a full-size file no one will
+    stream (the directory lock is held, so no other server is streaming them)."""
+    for orphan in data_dir.glob(f"{BACKUP_PREFIX}*.db"):
+        log.warning("removing %s, a backup copy left by an earlier process", orphan)
+        orphan.unlink(missing_ok=True)
 
 
 def _server_credentials(s: Settings) -> grpc.ServerCredentials | None:

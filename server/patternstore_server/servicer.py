@@ -42,7 +42,11 @@ from .query import QuerySpec, parse_query, run_query, thompson_page_token
 from .storage import ConnectionPool
 from .storage.backup import copy_database
 
-__all__ = ["PatternStoreServicer"]
+__all__ = ["BACKUP_PREFIX", "PatternStoreServicer"]
+
+# Backup copies are made beside the database under this name and deleted once streamed;
+# the server deletes any a crash left behind when it starts (it holds the directory).
+BACKUP_PREFIX = "backup-"
 
 # Refusals of the request itself, not of the server's state (see _settle).
 _REFUSALS = (InvalidArgument, NotFound, AlreadyExists, VersionConflict, DataLoss)
@@ -540,7 +544,7 @@ class PatternStoreServicer:
         # Every write acknowledged before the backup began is in it, QUEUED ones too.
         await self._engine.wait_durable()
         loop = asyncio.get_running_loop()
-        path = self._pool.path.with_name(f"backup-{time.time_ns()}.db")
+        path = self._pool.path.with_name(f"{BACKUP_PREFIX}{time.time_ns()}.db")
         copying = loop.run_in_executor(None, copy_database, self._pool.path, path)
         try:
             # Shielded: a cancelled call must not delete the file while the copy thread
