@@ -432,3 +432,28 @@ def test_backup_copies_a_crash_left_behind_are_removed_at_start(
         c.backup(str(tmp_path / "copy.db"))
     assert not orphan.exists() and keep.exists()
     assert sorted(p.name for p in data.glob("backup-*")) == ["backup-notes.txt"]
+
+
+def test_a_reply_stops_short_of_max_send_bytes(start_server: Any, clock: FakeClock) -> None:
+    """helper-27: 1000 ids of 1 MiB payloads (stored once, thanks to dedup) made one
+    GetPatterns build a 1 GB reply. Past max_send_bytes: GetPatterns is refused with
+    RESOURCE_EXHAUSTED (no retry hint: ask for fewer), a QueryPatterns page ends early
+    and its token goes on from there."""
+    srv = start_server(clock, max_send_bytes=16 * 2**20)
+    body = b"x" * (2**20 - 64)
+    ids = [f"big{i:02}" for i in range(24)]
+    with PatternStoreClient(srv.target) as c:
+        for half in (ids[:12], ids[12:]):  # each call under max_receive_bytes
+            c.store_patterns([Pattern(id=pid, type="big", data=body) for pid in half])
+        with pytest.raises(grpc.RpcError) as exc:
+            c.get_patterns(ids)
+        assert _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_send_bytes" in exc.value.details()  # type: ignore[attr-defined]
+        assert "retry-after-ms" not in dict(exc.value.trailing_metadata())  # type: ignore[attr-defined]
+        assert len(c.get_patterns(ids[:10]).patterns) == 10
+        first = c.query_patterns("big", order_by="id", limit=100)
+        assert 0 < len(first.patterns) < 24 and first.next_page_token
+        paged = [p.id for p in c.iter_patterns("big", order_by="id", page_size=100)]
+        assert paged == ids
+        thompson = c.query_patterns("big", order_by="thompson", limit=100, seed=3)
+        assert 0 < len(thompson.patterns) < 24 and thompson.next_page_token

@@ -133,6 +133,11 @@ class Settings:
     max_receive_bytes: int = _setting(
         16 * 1024 * 1024, "largest request message accepted; larger gets RESOURCE_EXHAUSTED"
     )
+    max_send_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "largest reply sent; a GetPatterns or SearchSimilar past it gets RESOURCE_EXHAUSTED, "
+        "a QueryPatterns page ends early",
+    )
     max_concurrent_rpcs: int = _setting(
         0, "calls served at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit"
     )
@@ -292,6 +297,9 @@ def _check(s: Settings) -> None:
         # Below a kilobyte even a GetPatterns of a few ids is refused.
         "max_receive_bytes": 1024 <= s.max_receive_bytes <= _MAX_GRPC_INT,
         "max_concurrent_rpcs": 0 <= s.max_concurrent_rpcs <= _MAX_GRPC_INT,
+        # A reply must hold at least one pattern of the largest size stored (1 MiB data,
+        # a 1M-value trajectory of 8 MiB).
+        "max_send_bytes": 16 * 1024 * 1024 <= s.max_send_bytes <= _MAX_GRPC_INT,
         "data_dir": bool(s.data_dir),
         # 0 would answer a retried request_id by applying it again, which the clients
         # rely on never happening.

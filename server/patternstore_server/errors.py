@@ -7,7 +7,8 @@
     ├── NotFound                      -> NOT_FOUND
     ├── AlreadyExists                 -> ALREADY_EXISTS     (create_only on an existing id)
     ├── VersionConflict               -> ABORTED            (expected_version differs)
-    ├── Overloaded                    -> RESOURCE_EXHAUSTED (write queue full)
+    ├── Overloaded                    -> RESOURCE_EXHAUSTED (write queue full; retry-after-ms)
+    ├── ReplyTooLarge                 -> RESOURCE_EXHAUSTED (ask for fewer; no retry hint)
     ├── Starting                      -> UNAVAILABLE        (loading patterns into memory)
     ├── ShuttingDown                  -> UNAVAILABLE        (draining after SIGTERM)
     ├── StorageUnavailable            -> UNAVAILABLE        (writer stuck on a lock or I/O error)
@@ -35,6 +36,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PatternStoreError",
+    "ReplyTooLarge",
     "ShuttingDown",
     "Starting",
     "StorageError",
@@ -78,6 +80,13 @@ class Overloaded(PatternStoreError):
         super().__init__(message)
         # Sent as trailing metadata "retry-after-ms": when the queue should have room.
         self.retry_after_ms = retry_after_ms
+
+
+class ReplyTooLarge(PatternStoreError):
+    """The reply would pass max_send_bytes: the caller must ask for less (clients do not
+    retry it: there is no retry-after-ms)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Starting(PatternStoreError):

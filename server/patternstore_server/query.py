@@ -84,7 +84,9 @@ def thompson_page_token(spec: QuerySpec, offset: int, seed: int) -> str:
     return _encode_token(spec, offset, str(seed))
 
 
-def run_query(pool: ConnectionPool, spec: QuerySpec, now_ns: int) -> tuple[bytes, bool]:
+def run_query(
+    pool: ConnectionPool, spec: QuerySpec, now_ns: int, max_bytes: int
+) -> tuple[bytes, bool]:
     """Run the query on this thread's reader; return the serialised response."""
     params: dict[str, Any] = {
         "now": now_ns,
@@ -99,17 +101,25 @@ def run_query(pool: ConnectionPool, spec: QuerySpec, now_ns: int) -> tuple[bytes
     rows = pool.query(f"query_{spec.order}", sql, params)
     resp = pb.QueryPatternsResponse()
     expiring = False
+    size = 0
+    taken = 0
     for row in rows[: spec.limit]:
         try:
-            resp.patterns.append(row_to_pattern(row, pool.dictionaries))
+            pattern = row_to_pattern(row, pool.dictionaries)
         except CodecError as exc:
             # Left out, not the whole page failed: else no page past it could ever be
             # read (an export by id would stop there). GetPattern says DATA_LOSS for it.
             log.warning("query reply leaves out a row that does not decode: %s", exc)
+            taken += 1
             continue
+        size += pattern.ByteSize() + 16  # its field tag and length, at most
+        if taken and size > max_bytes:
+            break  # the page ends here; the token continues after the last one sent
+        resp.patterns.append(pattern)
         expiring = expiring or bool(row[_EXPIRES_AT])
-    if len(rows) > spec.limit:
-        last = rows[spec.limit - 1]
+        taken += 1
+    if len(rows) > taken:
+        last = rows[taken - 1]
         resp.next_page_token = _encode_token(spec, last[-1], last[0])
     # A reply holding a pattern that will expire must not be cached: it would outlive it.
     return resp.SerializeToString(), not expiring

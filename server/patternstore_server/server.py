@@ -111,7 +111,9 @@ class PatternStoreServer:
         self.engine.on_failure = self._on_failure
         self.engine.on_readiness = self._on_readiness
         self.engine.start(asyncio.get_running_loop())
-        self.servicer = PatternStoreServicer(self.engine, self.pool, self.metrics, s.query_threads)
+        self.servicer = PatternStoreServicer(
+            self.engine, self.pool, self.metrics, s.query_threads, s.max_send_bytes
+        )
 
         interceptors = []
         if tokens is not None:
@@ -122,7 +124,8 @@ class PatternStoreServer:
                 # On by default: a second server would silently share the port.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", s.max_receive_bytes),
-                ("grpc.max_send_message_length", -1),
+                # The servicer keeps replies below it; this is the backstop.
+                ("grpc.max_send_message_length", s.max_send_bytes),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )

@@ -34,6 +34,7 @@ from .errors import (
     NotFound,
     Overloaded,
     PatternStoreError,
+    ReplyTooLarge,
     Starting,
     VersionConflict,
 )
@@ -119,9 +120,17 @@ class _Call:
 
 class PatternStoreServicer:
     def __init__(
-        self, engine: Engine, pool: ConnectionPool, metrics: Metrics, query_threads: int
+        self,
+        engine: Engine,
+        pool: ConnectionPool,
+        metrics: Metrics,
+        query_threads: int,
+        max_send_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._engine = engine
+        # Replies of many patterns stop short of this (helper-27: 1000 ids of 1 MiB
+        # payloads, stored once thanks to dedup, built a 1 GB reply for one call).
+        self._max_send_bytes = max_send_bytes
         self._pool = pool
         self._metrics = metrics
         self._queries = ThreadPoolExecutor(query_threads, thread_name_prefix="patternstore-query")
@@ -288,11 +297,13 @@ class PatternStoreServicer:
             # All found (the common case): prefixes and payloads interleaved by slices,
             # 7.3 us against 9.4 for the loop below at 100 patterns.
             sizes = [len(data) for data in found]  # type: ignore[arg-type]
+            self._check_reply(sum(sizes), len(ids))
             if max(sizes, default=0) < _PREFIXED:
                 framed: list[bytes | None] = [None] * (2 * len(found))
                 framed[0::2] = [prefixes[size] for size in sizes]
                 framed[1::2] = found
                 return b"".join(framed)  # type: ignore[arg-type]
+        self._check_reply(sum(len(data) for data in found if data is not None), len(ids))
         parts: list[bytes] = []
         missing: list[bytes] = []
         for pid, data in zip(ids, found, strict=True):
@@ -304,6 +315,13 @@ class PatternStoreServicer:
                 parts.append(prefixes[size] if size < _PREFIXED else _PATTERNS_TAG + _varint(size))
                 parts.append(data)
         return b"".join(parts + missing)
+
+    def _check_reply(self, size: int, items: int) -> None:
+        if size > self._max_send_bytes:
+            raise ReplyTooLarge(
+                f"the reply would be {size / 2**20:.1f} MiB for {items} patterns, past "
+                f"max_send_bytes ({self._max_send_bytes / 2**20:.0f} MiB); ask for fewer"
+            )
 
     async def query_patterns(self, raw: bytes) -> bytes:
         req = _parse(pb.QueryPatternsRequest, raw)
@@ -335,7 +353,7 @@ class PatternStoreServicer:
         loop = asyncio.get_running_loop()
         now = self._engine.now()
         reply, cacheable = await loop.run_in_executor(
-            self._queries, run_query, self._pool, spec, now
+            self._queries, run_query, self._pool, spec, now, self._max_send_bytes
         )
         if cacheable:
             # Aged from the query's start: its snapshot may predate a commit made while
@@ -343,17 +361,22 @@ class PatternStoreServicer:
             l3.put(key, spec.type, reply, epoch, computed_at=started)
         return reply
 
-    def _frame_patterns(self, ids: list[str]) -> list[bytes]:
-        """Found patterns of ``ids`` framed as repeated field 1 (skipping missing ones)."""
+    def _frame_patterns(self, ids: list[str]) -> tuple[list[bytes], int]:
+        """Found patterns of ``ids`` framed as repeated field 1 (skipping missing ones),
+        and how many ids that took: fewer than all once max_send_bytes is reached."""
         parts: list[bytes] = []
-        for data in self._engine.get_many_serialized(ids):
+        total = 0
+        for n, data in enumerate(self._engine.get_many_serialized(ids)):
             if data is not None:
                 size = len(data)
+                total += size + 16
+                if parts and total > self._max_send_bytes:
+                    return parts, n
                 parts.append(
                     _PATTERN_PREFIX[size] if size < _PREFIXED else _PATTERNS_TAG + _varint(size)
                 )
                 parts.append(data)
-        return parts
+        return parts, len(ids)
 
     def _thompson_query(self, req: pb.QueryPatternsRequest, spec: QuerySpec) -> bytes:
         # Page n of a Thompson ranking is the same seeded draw, n pages further in.
@@ -367,9 +390,9 @@ class PatternStoreServicer:
             spec.type, spec.min_confidence, offset + spec.limit + 1, seed
         )
         page = ids[offset : offset + spec.limit]
-        parts = self._frame_patterns(page)
-        if len(ids) > offset + spec.limit:
-            token = thompson_page_token(spec, offset + spec.limit, seed).encode()
+        parts, taken = self._frame_patterns(page)
+        if len(ids) > offset + taken:
+            token = thompson_page_token(spec, offset + taken, seed).encode()
             parts += (b"\x12", _varint(len(token)), token)
         return b"".join(parts)
 
@@ -418,6 +441,7 @@ class PatternStoreServicer:
                 break
             fetch *= 4
         found = found[:k]
+        self._check_reply(sum(len(data) for _, _, data in found), len(found))
         now = self._engine.now()
         for pid, _, _ in found:
             self._engine.memory.touch(pid, now)
