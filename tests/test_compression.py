@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from patternstore import DURABILITY_QUEUED as QUEUED
 from patternstore import Pattern, PatternStoreClient, Trajectory
 from patternstore_server.model import pattern_row, row_to_pattern
 from patternstore_server.storage import ConnectionOptions, ConnectionPool
@@ -197,14 +198,18 @@ def test_int8_embeddings_within_their_stated_error(start_server: Any, clock: Fak
     srv = start_server(clock, embedding_storage="int8")
     vec = np.random.default_rng(3).uniform(-1, 1, 384).astype("float32")
     with PatternStoreClient(srv.target) as c:
-        c.store_pattern(Pattern(id="e", type="t", embedding=vec.tolist()))
-    # Read back from SQLite, not from the cache that holds what was sent.
+        c.store_pattern(Pattern(id="e", type="t", embedding=vec.tolist()), durability=QUEUED)
+        # From the cache, before the commit: already what the stored row will give
+        # (helper-26: the exact floats until the cached copy was evicted).
+        cached = list(c.get_pattern("e").embedding)
+    # Read back from SQLite, not from the cache.
     srv.stop()
     srv2 = start_server(clock, embedding_storage="int8")
     with PatternStoreClient(srv2.target) as c:
         got = np.array(c.get_pattern("e").embedding, dtype="float32")
     assert np.max(np.abs(got - vec)) <= 3.93e-3
     assert not np.array_equal(got, vec)  # it really is the lossy format
+    assert cached == got.tolist()
 
 
 def test_a_training_with_too_few_samples_is_retried_only_after_more_blobs(

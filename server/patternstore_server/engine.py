@@ -440,6 +440,13 @@ class Engine:
                 f"{field}.embedding",
                 f"has {len(p.embedding)} values; this store's embeddings have {dims}",
             )
+        if p.embedding and self._settings.embedding_storage != "float32":
+            # What a read of the stored row will give: from the first read on, not only
+            # once the cached copy (made from this message) is evicted (helper-26).
+            stored = embedding_codec.encode(
+                np.asarray(p.embedding, dtype="<f4"), self._settings.embedding_storage
+            )
+            p.embedding[:] = embedding_codec.decode(stored).tolist()
         if current is None:
             set_evidence(new, prior(self._params))
             set_ns(new.created_at, now)
