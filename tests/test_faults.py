@@ -426,6 +426,28 @@ def _rot_payload(db: Path, pid: str) -> None:
         )
 
 
+def test_a_healed_blob_drops_every_cached_query_reply(
+    start_server: Callable[..., RunningServer], tmp_path: Path, clock: FakeClock
+) -> None:
+    """helper-26: storing the rotten pattern again rewrote the blob its twin of another
+    type shares, but only its own type's cached replies went: a BOUNDED query of the
+    twin's type kept leaving the twin out (until the staleness bound)."""
+    content = b'{"will": "rot"}' * 10
+    srv = start_server(clock, warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="bad", type="t", data=content))
+        c.store_pattern(Pattern(id="twin", type="u", data=content))
+        c.store_pattern(Pattern(id="plain", type="u", data=b"plain"))
+    srv.stop()
+    _rot_payload(tmp_path / "data" / "patterns.db", "bad")
+    srv = start_server(clock, warm_count=0)
+    with PatternStoreClient(srv.target, retry=ONCE) as c:
+        assert [p.id for p in c.query_patterns("u", order_by="id").patterns] == ["plain"]
+        c.store_pattern(Pattern(id="bad", type="t", data=content))  # heals the blob
+        ids = [p.id for p in c.query_patterns("u", order_by="id").patterns]  # BOUNDED
+        assert ids == ["plain", "twin"]
+
+
 def test_a_store_sharing_a_rotten_payload_repairs_it(
     start_server: Callable[..., RunningServer], tmp_path: Path
 ) -> None:

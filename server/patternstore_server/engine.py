@@ -191,6 +191,7 @@ class Engine:
             dict_min_samples=settings.zstd_dict_min_samples,
             embedding_storage=settings.embedding_storage,
         )
+        self._rewrites_seen = 0  # blobs.rewrites as of the last commit seen
         self._committer = GroupCommitter(
             writer,
             self.blobs,
@@ -787,6 +788,12 @@ class Engine:
             # Again at commit: a BOUNDED reply computed from SQLite between the accept and
             # the commit of a store must not outlive the commit.
             self.l3.invalidate(touched)
+        rewrites = self.blobs.rewrites
+        if rewrites != self._rewrites_seen:
+            # A rewritten blob makes other patterns (of any type) readable again, which
+            # replies of their types left out (helper-26). Rare: drop them all.
+            self._rewrites_seen = rewrites
+            self.l3.clear()
         self._pending_ops -= n_patterns + n_updates + len(ranked)
         self._pending_patterns -= n_patterns
         self._pending_updates -= n_updates

@@ -128,6 +128,9 @@ class PayloadStore:
         # (raw, stored) of each new blob in the open transaction, for the tracker.
         self._txn_sizes: list[tuple[int, int]] = []
         self.trainings = 0
+        # Blobs rewritten in place (healed or repaired): every pattern sharing one reads
+        # again, so the engine drops its cached query replies when this moves.
+        self.rewrites = 0
         newest = None
         for dict_id, data, saved in conn.execute(_LOAD_DICTIONARIES):
             dictionaries[dict_id] = data
@@ -189,6 +192,7 @@ class PayloadStore:
         self._move_references(conn, {k: d for k, d in deltas.items() if d}, payloads)
         for key, data in healed.items():
             conn.execute(_REWRITE_BLOB, (self._encoder.encode(data), key))
+            self.rewrites += 1
         return list(last.values())
 
     def _encoded(self, row: tuple[Any, ...], key: bytes) -> tuple[Any, ...]:
@@ -269,6 +273,7 @@ class PayloadStore:
             except CodecError:
                 log.warning("rewriting a stored payload that no longer decodes")
                 conn.execute(_REWRITE_BLOB, (self._encoder.encode(payloads[key]), key))
+                self.rewrites += 1
 
     def _count(self, field: str, raw: int, stored: int) -> None:
         self._txn_in[field] += raw
