@@ -9,6 +9,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from patternstore import (
     CONSISTENCY_STRONG,
     DURABILITY_QUEUED,
@@ -57,11 +58,13 @@ def test_l2_byte_bound_evicts_oldest_first() -> None:
     assert "k9" not in l2 and l2.get("k9") is None and "k8" in l2
 
 
-def test_l2_bound_is_the_memory_it_occupies() -> None:
+@pytest.mark.parametrize("id_prefix", ["pattern-", "模式-识别-", "🧪🧪-"])
+def test_l2_bound_is_the_memory_it_occupies(id_prefix: str) -> None:
     """l2_max_bytes bounds what the entries occupy, not only their compressed values.
 
     Small patterns compress to ~100 bytes, less than an entry's bookkeeping: counting the
-    values alone let L2 occupy several times its bound.
+    values alone let L2 occupy several times its bound. Ids outside ASCII take 2-4 bytes
+    a character (counted as one, emoji ids took 1.36x the bound: helper-26).
     """
     budget = 2 * 1024 * 1024
     l2 = CompressedCache(max_bytes=budget, ttl_s=60, timer=Timer())
@@ -74,7 +77,7 @@ def test_l2_bound_is_the_memory_it_occupies() -> None:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(40_000):
             # Keys made here and handed over, as L1's evictions hand theirs.
-            l2.put(f"pattern-{i:07d}", values[i % 1000])
+            l2.put(f"{id_prefix * 20}{i:07d}", values[i % 1000])
         occupied = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
