@@ -83,6 +83,19 @@ def test_counters(make: MakeCache) -> None:
     assert (cache.hits, cache.misses, cache.evictions) == (2, 2, 0)
 
 
+def test_get_many_is_get_for_each_key(make: MakeCache) -> None:
+    """helper-26: LRU's hits through get_many (GetPatterns) were neither counted nor
+    made the keys recent: a key just read three times was the next one evicted."""
+    c = make(3)
+    for key in ("a", "b", "c"):
+        c[key] = key.encode()
+    for _ in range(3):
+        assert c.get_many(["a", "zz"]) == [b"a", None]
+    assert (c.hits, c.misses) == (3, 3)
+    c["d"] = b"d"  # one must go; every policy keeps the key read most and last
+    assert "a" in c
+
+
 def test_size_accounting_in_bytes(make: MakeCache) -> None:
     cache = make(max_bytes=1000)
     cache["a"] = b"x" * 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TypeVar, overload
 
 from .base import Cache, EvictHook, SizeOf
@@ -63,8 +64,23 @@ class LRUCache(Cache):
         self._lru_hits += 1
         return value
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        # Applied at once like get(): the base's buffered reads are for policies whose
+        # bookkeeping is costly, and this one would drop them (see _apply_reads).
+        order = self._order
+        lookup = order.get
+        found = [lookup(key) for key in keys]
+        move = order.move_to_end
+        for key, value in zip(keys, found, strict=True):
+            if value is not None:
+                move(key)
+        missed = found.count(None)
+        self._lru_hits += len(found) - missed
+        self.misses += missed
+        return found
+
     def _apply_reads(self, keys: list[str]) -> None:
-        # Hits are applied directly in __getitem__/get; nothing is ever buffered.
+        # Hits are applied directly in __getitem__/get/get_many; nothing is buffered.
         pass
 
     def _on_insert(self, key: str) -> None:
