@@ -23,6 +23,7 @@ from typing import Any
 import apsw
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from patternstore import (
     DURABILITY_QUEUED,
     AsyncPatternStoreClient,
@@ -573,6 +574,40 @@ def test_a_rotten_pattern_can_be_stored_again_and_deleted(
     with apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY) as conn:
         refs = conn.execute("SELECT refs FROM blobs WHERE data = x'7f00'").fetchall()
     assert refs == []  # no rotten blob is left referenced
+
+
+def test_after_a_failed_commit_the_memory_is_rebuilt_from_sqlite(
+    start_server: Callable[..., RunningServer], clock: FakeClock
+) -> None:
+    """helper-26: the memory (expiry, posteriors, vector index) had followed writes that
+    then failed to commit: an expired pattern whose prune failed read again, and a lost
+    type change steered SearchSimilar's and Thompson's type filters."""
+    srv = start_server(clock, prune_interval_s=3600)
+    expires = Timestamp(seconds=clock.now_ns // 10**9 + 10)
+    with PatternStoreClient(srv.target, retry=ONCE, timeout=5) as c:
+        c.store_pattern(Pattern(id="gone", type="t", data=b"x", expires_at=expires))
+        c.store_pattern(Pattern(id="vec", type="a", embedding=[1.0, 0.0]))
+        clock.advance(20)
+        with apsw.Connection(str(srv.server.db_path)) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse_deletes BEFORE DELETE ON patterns "
+                "BEGIN SELECT RAISE(ABORT, 'deletes refused by the test'); END"
+            )
+        # Accepted, then lost with the failed batch: a type change a -> b.
+        c.store_pattern(
+            Pattern(id="vec", type="b", embedding=[1.0, 0.0]), durability=DURABILITY_QUEUED
+        )
+        with pytest.raises(grpc.RpcError):
+            c.prune_patterns()  # deleting the expired one fails for good
+
+        def rebuilt() -> None:
+            # Assertions only (no pytest.raises): _eventually retries on them.
+            assert c.get_patterns(["gone"]).missing_ids == ["gone"]
+            assert [r.pattern.id for r in c.search_similar([1.0, 0.0], k=5, type="b").results] == []
+            assert [p.id for p in c.query_patterns("b", order_by="thompson").patterns] == []
+            assert c.get_pattern("vec").type == "a"
+
+        _eventually(rebuilt, timeout=10.0)
 
 
 def test_a_failed_commit_refuses_writes_and_reads_still_tell_the_truth(

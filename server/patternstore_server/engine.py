@@ -813,6 +813,41 @@ class Engine:
             if not fut.done():
                 fut.set_result(None)
 
+    def _rebuild_memory(self) -> None:
+        """After a failed commit, build the memory again from SQLite and swap it in.
+
+        The memory (expiry, posteriors, vector index) followed every accepted write, the
+        lost ones too: GetPattern would show a pattern whose expiry a lost prune was to
+        delete, a search filter a type the row never got (helper-26). Built on a helper
+        thread (seconds at 1M patterns), swapped in on the loop; no write is accepted
+        after a failure, so the new memory stays true. Until the swap, existence is
+        asked of SQLite (``_surely_absent`` trusts no memory after a failure).
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def build() -> PatternMemory:
+            fresh = PatternMemory(self._settings)
+            fresh.load(self._pool.query("load_memory", q.SELECT_MEMORY), self._clock())
+            return fresh
+
+        def swap(done: asyncio.Future[PatternMemory]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                log.error(
+                    "rebuilding the pattern memory after a failed commit failed: %s",
+                    done.exception(),
+                )
+                return
+            if not self._accepting:  # stopping: close() has closed (or will close) the old
+                done.result().close()
+                return
+            old, self.memory = self.memory, done.result()
+            old.close()
+            log.info("pattern memory rebuilt from SQLite after the failed commit")
+
+        loop.run_in_executor(None, build).add_done_callback(swap)
+
     def _keep_recent(self, pid: str, state: pb.Pattern) -> None:
         recent = self._recent
         recent[pid] = state
@@ -830,6 +865,7 @@ class Engine:
             self._recent.clear()
             self._tiers.clear()
             self.l3.clear()
+            self._rebuild_memory()
             if self.on_failure is not None:
                 self.on_failure(error)
         exc = StorageError(f"the write was not committed: {error}")
