@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +458,52 @@ def test_a_reply_stops_short_of_max_send_bytes(start_server: Any, clock: FakeClo
         assert paged == ids
         thompson = c.query_patterns("big", order_by="thompson", limit=100, seed=3)
         assert 0 < len(thompson.patterns) < 24 and thompson.next_page_token
+
+
+def test_the_call_limit_counts_patternstore_calls_only(
+    start_server: Any, clock: FakeClock, tokens: Path
+) -> None:
+    """helper-27: grpc's limit counted the open health and reflection streams too, so
+    with auth on, anonymous Health.Watch streams locked every caller with a token out."""
+    srv = start_server(clock, auth_tokens_file=str(tokens), max_concurrent_rpcs=2)
+    release = threading.Event()
+
+    def held() -> Iterator[Any]:
+        release.wait(30)
+        yield from ()
+
+    with grpc.insecure_channel(srv.target) as anonymous:
+        watches = [
+            health_pb2_grpc.HealthStub(anonymous).Watch(health_pb2.HealthCheckRequest())
+            for _ in range(3)
+        ]
+        for watch in watches:
+            next(watch)  # each stream is open: its first status arrived
+        with PatternStoreClient(srv.target, token="a-token") as c:
+            c.store_pattern(Pattern(id="p", type="t"))
+            assert c.get_pattern("p").id == "p"
+            streams = [
+                threading.Thread(target=_quietly, args=(c.record_outcomes, held()))
+                for _ in range(2)
+            ]
+            for t in streams:
+                t.start()
+            deadline = time.monotonic() + 10
+            while srv.server.servicer.in_flight < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(grpc.RpcError) as exc:
+                c.get_pattern("p")
+            assert _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_concurrent_rpcs" in exc.value.details()  # type: ignore[attr-defined]
+            release.set()
+            for t in streams:
+                t.join(10)
+            assert c.get_pattern("p").id == "p"
+        for watch in watches:
+            watch.cancel()
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        fn(*args)

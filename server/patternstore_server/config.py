@@ -139,7 +139,9 @@ class Settings:
         "a QueryPatterns page ends early",
     )
     max_concurrent_rpcs: int = _setting(
-        0, "calls served at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit"
+        0,
+        "PatternStore calls served at once before new ones get RESOURCE_EXHAUSTED "
+        "(health and reflection not counted); 0 = no limit",
     )
     auth_tokens_file: str = _setting(
         "", "file of 'TOKEN ROLE' lines (roles read, write, admin); empty = no auth"

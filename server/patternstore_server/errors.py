@@ -9,6 +9,7 @@
     ├── VersionConflict               -> ABORTED            (expected_version differs)
     ├── Overloaded                    -> RESOURCE_EXHAUSTED (write queue full; retry-after-ms)
     ├── ReplyTooLarge                 -> RESOURCE_EXHAUSTED (ask for fewer; no retry hint)
+    ├── TooManyCalls                  -> RESOURCE_EXHAUSTED (max_concurrent_rpcs in progress)
     ├── Starting                      -> UNAVAILABLE        (loading patterns into memory)
     ├── ShuttingDown                  -> UNAVAILABLE        (draining after SIGTERM)
     ├── StorageUnavailable            -> UNAVAILABLE        (writer stuck on a lock or I/O error)
@@ -42,6 +43,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "StoreClosed",
+    "TooManyCalls",
     "VersionConflict",
     "storage_errors",
 ]
@@ -85,6 +87,12 @@ class Overloaded(PatternStoreError):
 class ReplyTooLarge(PatternStoreError):
     """The reply would pass max_send_bytes: the caller must ask for less (clients do not
     retry it: there is no retry-after-ms)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TooManyCalls(PatternStoreError):
+    """max_concurrent_rpcs PatternStore calls are already in a handler."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

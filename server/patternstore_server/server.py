@@ -112,7 +112,12 @@ class PatternStoreServer:
         self.engine.on_readiness = self._on_readiness
         self.engine.start(asyncio.get_running_loop())
         self.servicer = PatternStoreServicer(
-            self.engine, self.pool, self.metrics, s.query_threads, s.max_send_bytes
+            self.engine,
+            self.pool,
+            self.metrics,
+            s.query_threads,
+            s.max_send_bytes,
+            s.max_concurrent_rpcs,
         )
 
         interceptors = []
@@ -127,7 +132,6 @@ class PatternStoreServer:
                 # The servicer keeps replies below it; this is the backstop.
                 ("grpc.max_send_message_length", s.max_send_bytes),
             ],
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         server.add_generic_rpc_handlers((self.servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from .errors import (
     PatternStoreError,
     ReplyTooLarge,
     Starting,
+    TooManyCalls,
     VersionConflict,
 )
 from .metrics import SERVICE, MethodMetrics, Metrics
@@ -126,8 +128,18 @@ class PatternStoreServicer:
         metrics: Metrics,
         query_threads: int,
         max_send_bytes: int = 64 * 1024 * 1024,
+        max_concurrent_rpcs: int = 0,
     ) -> None:
         self._engine = engine
+        # PatternStore calls in a handler at once (0: no limit). Counted here, not by
+        # grpc's maximum_concurrent_rpcs, which counts health and reflection streams
+        # too: with auth on, anonymous Health.Watch streams could fill it and lock every
+        # caller with a token out (helper-27).
+        self._max_in_flight = max_concurrent_rpcs or sys.maxsize
+        self._too_many = (
+            f"{max_concurrent_rpcs} calls in progress, the most this server serves at once "
+            "(max_concurrent_rpcs); retry after a moment"
+        )
         # Replies of many patterns stop short of this (helper-27: 1000 ids of 1 MiB
         # payloads, stored once thanks to dedup, built a 1 GB reply for one call).
         self._max_send_bytes = max_send_bytes
@@ -194,6 +206,8 @@ class PatternStoreServicer:
             self.last_started = started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if self.in_flight > self._max_in_flight:
+                    raise TooManyCalls(self._too_many)
                 if not self.ready:
                     raise Starting(_STARTING)
                 remaining = context.time_remaining()
@@ -252,6 +266,8 @@ class PatternStoreServicer:
         started = self.last_started = time.perf_counter()
         call = _Call()
         try:
+            if self.in_flight > self._max_in_flight:
+                raise TooManyCalls(self._too_many)
             yield call
         except PatternStoreError as exc:
             call.code = exc.code
