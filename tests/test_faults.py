@@ -33,6 +33,8 @@ from patternstore import (
     update_request,
 )
 from patternstore.v1.patternstore_pb2 import StorePatternResponse
+from patternstore_server.codecs import CodecError
+from patternstore_server.codecs import payload as payload_codec
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import FakeClock, RunningServer
@@ -465,6 +467,40 @@ def test_a_store_sharing_a_rotten_payload_repairs_it(
         assert c.store_pattern(Pattern(id="fresh", type="t", data=content)).created
         assert c.get_pattern("fresh").data == content
         assert c.get_pattern("bad").data == content  # the same blob: both read again
+
+
+def test_a_bit_flip_that_still_decodes_is_data_loss(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """helper-29: zstd frames carry no checksum, and 29% of single-bit flips in a stored
+    payload decoded to other bytes without an error, which reads then served. The
+    decoded payload is checked against its content key."""
+    body = b'{"steps": ["open", "edit", "test"], "note": "' + b"abcdefgh" * 40 + b'"}'
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target) as c:
+        c.store_pattern(Pattern(id="p", type="t", data=body))
+    srv.stop()
+    db = tmp_path / "data" / "patterns.db"
+    with apsw.Connection(str(db)) as conn:
+        (blob,) = conn.execute("SELECT data FROM blobs").fetchone()
+        flipped = None
+        for bit in range(8 * 8, 8 * len(blob)):  # past the headers: the compressed body
+            candidate = bytearray(blob)
+            candidate[bit // 8] ^= 1 << (bit % 8)
+            try:
+                if payload_codec.decode(bytes(candidate), {}) != body:
+                    flipped = bytes(candidate)
+                    break
+            except CodecError:
+                continue
+        assert flipped is not None, "no flip decodes silently in this blob"
+        conn.execute("UPDATE blobs SET data = ?", (flipped,))
+    srv = start_server(warm_count=0)
+    with PatternStoreClient(srv.target, retry=ONCE) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.get_pattern("p")
+        assert _code(err) == grpc.StatusCode.DATA_LOSS
+        assert "content key" in (err.value.details() or "")
 
 
 def test_readers_of_many_patterns_leave_a_rotten_one_out(

@@ -31,12 +31,14 @@ __all__ = [
 # Row order of every SELECT of a pattern; model.row_to_pattern reads them by position.
 # The caller's free text as bytes: apsw decodes TEXT strictly, so one rotten byte would
 # fail the whole statement (a GetPatterns of 100, the warm-up that start-up runs); the
-# model decodes each row's and makes a bad one DATA_LOSS for that pattern only.
+# model decodes each row's and makes a bad one DATA_LOSS for that pattern only. The blob's
+# key (the BLAKE2b of the raw payload) comes last: the model checks the decoded payload
+# against it, since a flipped bit in a zstd frame often decodes without an error.
 COLUMNS = (
     "id, type, CAST(name AS BLOB), CAST(description AS BLOB), blobs.data, embedding, "
     "trajectory_dims, trajectory, CAST(metadata AS BLOB), "
     "confidence, alpha, beta, usage_count, success_count, failure_count, "
-    "created_ns, updated_ns, last_outcome_ns, version, expires_ns"
+    "created_ns, updated_ns, last_outcome_ns, version, expires_ns, blobs.key"
 )
 
 # Every read of whole patterns: the payload lives in blobs (storage/blobs.py).
