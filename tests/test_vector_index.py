@@ -528,3 +528,18 @@ def test_thompson_rank_is_a_reproducible_permutation() -> None:
 def test_thompson_rank_rejects_bad_parameters(alpha: list[float], beta: list[float]) -> None:
     with pytest.raises(ValueError):
         thompson_rank(np.array(alpha), np.array(beta), np.random.default_rng(0))
+
+
+def test_a_cosine_is_at_most_one() -> None:
+    """helper-29: a vector searched with itself scored 1.000000009 (a float32 unit query
+    against float64 vectors)."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(200, 33)).astype(np.float32)
+    index = VectorIndex()
+    for i, v in enumerate(vectors):
+        index.upsert(f"v{i}", v, "t", 0.5)
+    fetch = _fetcher([f"v{i}" for i in range(200)], vectors)
+    for exact in (False, True):
+        for v in vectors[:50]:
+            (best,) = index.search(v, 1, exact=exact, fetch_exact=fetch)
+            assert -1.0 <= best[1] <= 1.0

@@ -272,7 +272,9 @@ class VectorIndex:
         confidence filter) select rows before any ranking. With ``fetch_exact`` the best
         ``k * oversample`` approximate candidates are rescored exactly from float32; without
         it the cosines are the int8 approximations. ``exact=True`` scores every selected
-        row from ``fetch_exact`` (slow; for checking). Ties are broken by id.
+        row from ``fetch_exact`` (slow; for checking). Ties among the candidates are broken
+        by id; when more rows tie than the candidate pool holds, which of them enter it is
+        arbitrary (helper-29: 20 equal vectors, a pool of 12).
         """
         values = np.asarray(query, dtype=np.float32)
         if values.ndim != 1:
@@ -622,7 +624,9 @@ def _best(keys: list[str], scores: npt.NDArray[np.floating], k: int) -> list[tup
     else:
         keep = np.arange(len(scores))
     ranked = sorted((-float(scores[i]), keys[i]) for i in keep)
-    return [(key, -negated) for negated, key in ranked[:k]]
+    # Clamped: a float32 unit query against float64 vectors gave 1.000000009 for a
+    # vector searched with itself (helper-29); a cosine is at most 1.
+    return [(key, min(1.0, max(-1.0, -negated))) for negated, key in ranked[:k]]
 
 
 def _resized(array: npt.NDArray[_Scalar], capacity: int) -> npt.NDArray[_Scalar]:
