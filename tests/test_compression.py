@@ -100,6 +100,34 @@ def test_dedup_reference_counts_survive_churn(
     assert count == len(set(live.values())) and refs == len(live)
 
 
+def test_an_upgraded_database_with_embeddings_of_several_lengths_starts(
+    tmp_path: Path, start_server: Any, clock: FakeClock
+) -> None:
+    """helper-28: servers before the similarity index took embeddings of any length; the
+    current one stopped at start (np.stack) after the migrations had committed, and the
+    old one then refused the database as newer. The most common length is indexed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = apsw.Connection(str(data / "patterns.db"))
+    apply_migrations(conn, available_migrations()[:1])  # the schema as 0001 left it
+    for i, dims in enumerate([4, 4, 8]):
+        vec = np.arange(1, dims + 1, dtype="<f4") * (i + 1)
+        conn.execute(
+            "INSERT INTO patterns (id, type, name, description, data, embedding, "
+            "trajectory_dims, trajectory, metadata, confidence, lower_bound, alpha, beta, "
+            "usage_count, success_count, failure_count, created_ns, updated_ns, "
+            "last_outcome_ns, version, sequence) VALUES "
+            "(?, 't', '', '', x'', ?, 0, x'', '{}', 0.5, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, ?)",
+            (f"e{i}", vec.tobytes(), i + 1),
+        )
+    conn.close()
+    srv = start_server(clock)
+    with PatternStoreClient(srv.target) as c:
+        assert len(c.get_pattern("e2").embedding) == 8  # served as stored
+        found = c.search_similar([1.0, 2.0, 3.0, 4.0], k=5).results
+        assert sorted(r.pattern.id for r in found) == ["e0", "e1"]
+
+
 def _db_image(conn: apsw.Connection) -> tuple[list[Any], list[Any]]:
     patterns = conn.execute("SELECT id, data_key, version FROM patterns ORDER BY id").fetchall()
     blobs = conn.execute("SELECT key, refs, data FROM blobs ORDER BY key").fetchall()

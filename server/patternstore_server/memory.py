@@ -14,6 +14,7 @@ index, whose searches run on query threads under its own lock (vector/DESIGN.md)
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -152,6 +153,28 @@ class PatternMemory:
                 types.append(ptype)
                 confidences.append(conf)
         if ids:
+            lengths = collections.Counter(len(v) for v in vectors)
+            if len(lengths) > 1:
+                # Servers before the index was served took embeddings of any length (an
+                # upgraded database can hold several); the index has one. The most
+                # common length is indexed, the rest left out of search, named in the
+                # log, and served as stored by every read (helper-28: the start failed,
+                # after the migrations had committed).
+                dims = lengths.most_common(1)[0][0]
+                left_out = [pid for pid, v in zip(ids, vectors, strict=True) if len(v) != dims]
+                log.warning(
+                    "%d stored embeddings are not %d values long, the length of the most; "
+                    "they are left out of SearchSimilar (store them again with %d values): %s",
+                    len(left_out),
+                    dims,
+                    dims,
+                    ", ".join(repr(pid) for pid in left_out[:20]),
+                )
+                keep = [i for i, v in enumerate(vectors) if len(v) == dims]
+                ids = [ids[i] for i in keep]
+                vectors = [vectors[i] for i in keep]
+                types = [types[i] for i in keep]
+                confidences = [confidences[i] for i in keep]
             # One quantisation pass for the whole index instead of one per row.
             self.vectors.upsert_many(ids, np.stack(vectors), types, confidences)
         return count
