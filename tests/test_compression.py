@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from patternstore import DURABILITY_QUEUED as QUEUED
 from patternstore import Pattern, PatternStoreClient, Trajectory
+from patternstore_server.errors import StorageError
 from patternstore_server.model import pattern_row, row_to_pattern
 from patternstore_server.storage import ConnectionOptions, ConnectionPool
 from patternstore_server.storage import queries as q
-from patternstore_server.storage.blobs import PayloadStore
+from patternstore_server.storage.blobs import PayloadStore, sql_functions
 from patternstore_server.storage.migrate import apply_migrations, available_migrations
 
 from .conftest import FakeClock
@@ -98,6 +99,27 @@ def test_dedup_reference_counts_survive_churn(
         assert got == live
     count, refs = _blob_stats(tmp_path / "data" / "patterns.db")
     assert count == len(set(live.values())) and refs == len(live)
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(
+    tmp_path: Path, start_server: Any, clock: FakeClock
+) -> None:
+    """helper-28: the refusal came after the writer had set WAL mode on the file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "patterns.db"
+    conn = apsw.Connection(str(db))
+    for name, (fn, nargs) in sql_functions().items():  # migration 0002 calls them
+        conn.create_scalar_function(name, fn, nargs)
+    apply_migrations(conn)  # a rollback-journal file, as another tool might leave it
+    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'future')")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(StorageError, match="newer patternstore"):
+        start_server(clock)
+    assert db.read_bytes() == before
+    with apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
 
 def test_an_upgraded_database_with_embeddings_of_several_lengths_starts(

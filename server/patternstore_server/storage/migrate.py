@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import apsw
 
 from ..errors import StorageError, storage_errors
 
-__all__ = ["Migration", "apply_migrations", "available_migrations"]
+__all__ = ["Migration", "apply_migrations", "available_migrations", "refuse_newer"]
 
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 _APPLIED = "SELECT version FROM schema_migrations"
+_HAS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
 _RECORD = "INSERT INTO schema_migrations (version, name) VALUES (?, ?)"
 
 
@@ -47,6 +49,32 @@ def available_migrations() -> list[Migration]:
     return found
 
 
+def refuse_newer(path: Path, migrations: list[Migration] | None = None) -> None:
+    """Refuse a database written by a newer version before anything touches it: opening
+    the writer sets WAL mode (and the migrations table), which changed such a file even
+    though it was then refused (helper-28)."""
+    if not path.exists():
+        return
+    migrations = available_migrations() if migrations is None else migrations
+    with storage_errors(f"reading the schema version of {path}"):
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            if conn.execute(_HAS_TABLE).fetchone() is None:
+                return
+            done = {row[0] for row in conn.execute(_APPLIED)}
+        finally:
+            conn.close()
+    _refuse_unknown(done, {m.version for m in migrations})
+
+
+def _refuse_unknown(done: set[int], known: set[int]) -> None:
+    if done - known:
+        raise StorageError(
+            f"the database has migrations {sorted(done - known)} this server does not know: "
+            "it was written by a newer patternstore"
+        )
+
+
 def apply_migrations(conn: apsw.Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply what is not applied yet; return the versions applied now."""
     migrations = available_migrations() if migrations is None else migrations
@@ -54,12 +82,7 @@ def apply_migrations(conn: apsw.Connection, migrations: list[Migration] | None =
     with storage_errors("migrating the schema"):
         conn.execute(_CREATE_TABLE)
         done = {row[0] for row in conn.execute(_APPLIED)}
-        known = {m.version for m in migrations}
-        if done - known:
-            raise StorageError(
-                f"the database has migrations {sorted(done - known)} this server does not know: "
-                "it was written by a newer patternstore"
-            )
+        _refuse_unknown(done, {m.version for m in migrations})
         for m in migrations:
             if m.version in done:
                 continue

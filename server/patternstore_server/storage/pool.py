@@ -13,7 +13,7 @@ import apsw
 
 from ..errors import StoreClosed, storage_errors
 from .blobs import sql_functions
-from .migrate import apply_migrations
+from .migrate import apply_migrations, refuse_newer
 from .pragmas import ConnectionOptions, configure_reader, configure_writer
 
 __all__ = ["ConnectionPool"]
@@ -56,6 +56,7 @@ class ConnectionPool:
                 raise StoreClosed("the connection pool is closed")
             if self._writer is not None:
                 raise RuntimeError("the writer connection was already handed out")
+            refuse_newer(self.path)
             with storage_errors(f"opening {self.path}"):
                 conn = apsw.Connection(str(self.path))
                 configure_writer(conn, self.options)
